@@ -1,0 +1,143 @@
+"""Configuration of MuDPT adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from peft.config import PeftConfig
+
+from ._registration import MUDPT_PEFT_TYPE
+
+
+def _check_int(name: str, value: object, minimum: int, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or None" if optional else "")
+        raise ValueError(f"`{name}` must be {allowed}, got {value!r}.")
+
+
+@dataclass
+class MuDPTConfig(PeftConfig):
+    """Configuration of a MuDPT (Multi-modal Deep-symphysis Prompt Tuning) adapter.
+
+    MuDPT learns `n_ctx` text prompt tokens (inserted right after the BOS token) and `vision_n_ctx` visual prompt tokens
+    (appended after the patch tokens) at the input of the first `depth` encoder layers of each tower of a CLIP-like
+    model, and couples the two modalities with an *Injection Model* per direction (a small transformer block and a
+    linear head) whose output is added to the other modality's prompts, layer by layer. The backbone stays frozen.
+
+    Args:
+        depth (`int`, defaults to 9):
+            Number of layers that get prompts, counting the input layer: prompts are used at layers `0..depth-1`, i.e.
+            `depth - 1` deep prompt sets (`PROMPT_DEPTH` in the official code).
+        text_depth (`int`, *optional*):
+            Overrides `depth` for the text tower.
+        vision_depth (`int`, *optional*):
+            Overrides `depth` for the vision tower.
+        n_ctx (`int`, defaults to 2):
+            Number of learned text prompt tokens per layer.
+        vision_n_ctx (`int`, *optional*):
+            Number of learned visual prompt tokens per layer; defaults to `n_ctx`.
+        ctx_init (`str`, *optional*):
+            Words such as `"a photo of a"` whose token embeddings (from the base model's own embedding table)
+            initialise the layer-0 text prompts. When their token count differs from `n_ctx`, `n_ctx` is set to it (with
+            a warning).
+        ctx_init_token_ids (`list[int]`, *optional*):
+            The token ids of `ctx_init`, filled in when the adapter is created so that re-creating it (e.g. when
+            loading) needs no tokenizer. Can also be given directly instead of `ctx_init`.
+        tokenizer_name_or_path (`str`, *optional*):
+            Tokenizer used to tokenize `ctx_init`; defaults to the base model's `name_or_path`.
+        injection_layers (`int`, defaults to 1):
+            Number of transformer blocks in each Injection Model (0 keeps only the norms and the linear head).
+        injection_heads (`int`, *optional*):
+            Attention heads of the Injection Model blocks; defaults to `width // 64` (at least 1) of the source tower.
+        injection_mlp_ratio (`float`, defaults to 4.0):
+            Hidden size of the blocks' MLP as a multiple of the source width.
+        injection_dropout (`float`, defaults to 0.0):
+            Dropout on the attention weights and the residual branches of the Injection Model blocks.
+        prompt_init_std (`float`, defaults to 0.02):
+            Standard deviation of the normal initialisation of the prompts (and of the Injection Model's weights).
+    """
+
+    depth: int = field(
+        default=9,
+        metadata={"help": "Layers that get prompts, counting the input layer (prompts at layers 0..depth-1)."},
+    )
+    text_depth: Optional[int] = field(default=None, metadata={"help": "Overrides `depth` for the text tower."})
+    vision_depth: Optional[int] = field(default=None, metadata={"help": "Overrides `depth` for the vision tower."})
+    n_ctx: int = field(default=2, metadata={"help": "Learned text prompt tokens per layer."})
+    vision_n_ctx: Optional[int] = field(
+        default=None, metadata={"help": "Learned visual prompt tokens per layer (default: same as `n_ctx`)."}
+    )
+    ctx_init: Optional[str] = field(
+        default=None,
+        metadata={"help": "Words (e.g. 'a photo of a') whose token embeddings initialise the layer-0 text prompts."},
+    )
+    ctx_init_token_ids: Optional[list[int]] = field(
+        default=None,
+        metadata={"help": "Token ids of `ctx_init`; filled in when the adapter is created, so reloading needs no tokenizer."},
+    )
+    tokenizer_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Tokenizer for `ctx_init` (default: the base model's `name_or_path`)."}
+    )
+    injection_layers: int = field(default=1, metadata={"help": "Transformer blocks per Injection Model."})
+    injection_heads: Optional[int] = field(
+        default=None, metadata={"help": "Attention heads of the Injection Model (default: source width // 64)."}
+    )
+    injection_mlp_ratio: float = field(default=4.0, metadata={"help": "MLP width of the Injection Model blocks / width."})
+    injection_dropout: float = field(default=0.0, metadata={"help": "Dropout inside the Injection Model blocks."})
+    prompt_init_std: float = field(default=0.02, metadata={"help": "Std of the normal initialisation of the prompts."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = MUDPT_PEFT_TYPE
+        _check_int("depth", self.depth, 1)
+        _check_int("text_depth", self.text_depth, 1, optional=True)
+        _check_int("vision_depth", self.vision_depth, 1, optional=True)
+        _check_int("n_ctx", self.n_ctx, 1)
+        _check_int("vision_n_ctx", self.vision_n_ctx, 1, optional=True)
+        _check_int("injection_layers", self.injection_layers, 0)
+        _check_int("injection_heads", self.injection_heads, 1, optional=True)
+        if not (isinstance(self.injection_mlp_ratio, (int, float)) and self.injection_mlp_ratio > 0):
+            raise ValueError(f"`injection_mlp_ratio` must be a number > 0, got {self.injection_mlp_ratio!r}.")
+        if not (isinstance(self.injection_dropout, (int, float)) and 0.0 <= self.injection_dropout < 1.0):
+            raise ValueError(f"`injection_dropout` must be in [0, 1), got {self.injection_dropout!r}.")
+        if not (isinstance(self.prompt_init_std, (int, float)) and self.prompt_init_std > 0):
+            raise ValueError(f"`prompt_init_std` must be a number > 0, got {self.prompt_init_std!r}.")
+        if self.ctx_init is not None and (not isinstance(self.ctx_init, str) or not self.ctx_init.strip()):
+            raise ValueError(f"`ctx_init` must be a non-empty string such as 'a photo of a', got {self.ctx_init!r}.")
+        if self.ctx_init_token_ids is not None:
+            ids = self.ctx_init_token_ids
+            if not isinstance(ids, (list, tuple)) or not ids or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids
+            ):
+                raise ValueError(f"`ctx_init_token_ids` must be a non-empty list of token ids, got {ids!r}.")
+            self.ctx_init_token_ids = list(ids)
+            if len(ids) != self.n_ctx:
+                raise ValueError(
+                    f"`ctx_init_token_ids` has {len(ids)} ids but `n_ctx` is {self.n_ctx}; they must be equal."
+                )
+        self._check_fusion_shapes()
+
+    def _check_fusion_shapes(self) -> None:
+        if self.resolved_vision_n_ctx != self.n_ctx:
+            raise ValueError(
+                f"The Injection Model adds each text prompt token to a visual prompt token, so `vision_n_ctx` "
+                f"({self.vision_n_ctx}) must equal `n_ctx` ({self.n_ctx}); leave `vision_n_ctx=None` to follow `n_ctx`."
+            )
+
+    @property
+    def resolved_text_depth(self) -> int:
+        """The number of text layers that get prompts (`text_depth`, else `depth`)."""
+        return self.depth if self.text_depth is None else self.text_depth
+
+    @property
+    def resolved_vision_depth(self) -> int:
+        """The number of vision layers that get prompts (`vision_depth`, else `depth`)."""
+        return self.depth if self.vision_depth is None else self.vision_depth
+
+    @property
+    def resolved_vision_n_ctx(self) -> int:
+        """The number of visual prompt tokens per layer (`vision_n_ctx`, else `n_ctx`)."""
+        return self.n_ctx if self.vision_n_ctx is None else self.vision_n_ctx

@@ -1,0 +1,290 @@
+"""MuDPT's tuner layers: thin wrappers around the modules of a CLIP-like model.
+
+Each tower is wrapped by a [`MuDPTTower`], which owns that tower's learned prompts and the Injection Model that feeds
+into them. On every call the tower computes its prompts once (learned prompts plus injection from the other tower),
+puts them in a [`PromptSlot`] shared with the tower's other wrappers for the duration of the call, and runs the
+original tower. The other wrappers insert the prompts: [`MuDPTTextTokenEmbedding`] and [`MuDPTVisionEmbeddings`] at
+the input (layer 0), [`MuDPTDeepPromptLayer`] at the input of each deeper encoder layer. Wrappers (not hooks) keep
+gradient checkpointing exact: the prompts are written outside the checkpointed layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from .families import FamilySpec
+from .injection import InjectionModel
+
+
+class PromptSlot:
+    """The prompts one tower uses during the current call, shared by that tower's wrappers.
+
+    `prompts` has shape `(depth, n_ctx, width)` while the tower runs with an adapter, and is `None` otherwise. `start`
+    is the index of the first prompt token in the sequence, or `None` for "the last `n_ctx` tokens".
+    """
+
+    __slots__ = ("prompts", "start")
+
+    def __init__(self) -> None:
+        self.prompts: Optional[torch.Tensor] = None
+        self.start: Optional[int] = None
+
+    @contextlib.contextmanager
+    def filled(self, prompts: torch.Tensor, start: Optional[int]) -> Iterator[None]:
+        """Hold `prompts` (placed at `start`) for the duration of the `with` block."""
+        previous = (self.prompts, self.start)
+        self.prompts, self.start = prompts, start
+        try:
+            yield
+        finally:
+            self.prompts, self.start = previous
+
+
+def replace_tokens(hidden_states: torch.Tensor, prompts: torch.Tensor, start: Optional[int]) -> torch.Tensor:
+    """Return `hidden_states` with the tokens at `start .. start+n_ctx` (or the last `n_ctx`) replaced by `prompts`.
+
+    Out of place: transformers keeps references to earlier hidden states for `output_hidden_states`.
+    """
+    batch, length, _ = hidden_states.shape
+    n_ctx = prompts.shape[0]
+    start = length - n_ctx if start is None else start
+    expanded = prompts.to(hidden_states.dtype).unsqueeze(0).expand(batch, -1, -1)
+    return torch.cat([hidden_states[:, :start], expanded, hidden_states[:, start + n_ctx :]], dim=1)
+
+
+class MuDPTLayer(nn.Module, BaseTunerLayer):
+    """Base class of the MuDPT wrappers.
+
+    Attributes the wrapper does not have are looked up on the wrapped module, so that `model.text_model.config` or
+    `model.vision_model.embeddings.patch_embedding` keep working on a wrapped model.
+
+    Args:
+        base_layer (`nn.Module`): The wrapped module.
+        slot ([`PromptSlot`]): The prompt slot of the tower this wrapper belongs to.
+    """
+
+    def __init__(self, base_layer: nn.Module, slot: PromptSlot) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.slot = slot
+        self.merged_adapters = []
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_") or name in ("base_layer", "slot"):
+                raise
+            return getattr(self.base_layer, name)
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        """Prompts add tokens; they have no weight delta that could be merged into the base model."""
+        raise NotImplementedError(
+            "MuDPT adapters cannot be merged: prompts add tokens to the sequence and have no weight delta. "
+            "Keep the PeftModel, or use `unload()` to get the base model back."
+        )
+
+    def unmerge(self) -> None:
+        """Nothing is ever merged (see [`~MuDPTLayer.merge`])."""
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: Optional[torch.device] = None) -> None:
+        # peft looks for `base_layer.weight`, which towers do not have: use the first parameter of the wrapped module.
+        reference = next((p for p in self.get_base_layer().parameters() if p.device.type != "meta"), None)
+        if reference is None:
+            return
+        target_device = reference.device if device is None else device
+        target_dtype = reference.dtype if reference.dtype.is_floating_point else None
+        for name in self.adapter_layer_names:
+            container = getattr(self, name)
+            if adapter_name not in container or any(p.device.type == "meta" for p in container.parameters()):
+                continue
+            container[adapter_name] = container[adapter_name].to(target_device, dtype=target_dtype)
+
+
+class MuDPTTower(MuDPTLayer):
+    """Wraps one tower; owns its prompts (`mudpt_prompts`) and the Injection Model feeding into them (`mudpt_injection`).
+
+    Args:
+        base_layer (`nn.Module`): The tower.
+        spec ([`FamilySpec`]): The family spec of the model.
+    """
+
+    adapter_layer_names = ("mudpt_prompts", "mudpt_injection")
+    #: Index of the first prompt token in this tower's sequence, or `None` for the last tokens.
+    prompt_start: Optional[int] = None
+
+    def __init__(self, base_layer: nn.Module, spec: FamilySpec) -> None:
+        super().__init__(base_layer, PromptSlot())
+        self.spec = spec
+        self.mudpt_prompts = nn.ParameterDict()
+        self.mudpt_injection = nn.ModuleDict()
+        self.partner: Optional[MuDPTTower] = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "partner":  # a plain reference: the other tower is registered elsewhere in the model
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def update_layer(
+        self,
+        adapter_name: str,
+        prompts: torch.Tensor,
+        injection: Optional[InjectionModel],
+        inference_mode: bool = False,
+    ) -> None:
+        """Add an adapter: its learned `prompts` `(depth, n_ctx, width)` and the `injection` from the other tower."""
+        self.mudpt_prompts[adapter_name] = nn.Parameter(prompts)
+        if injection is not None:
+            self.mudpt_injection[adapter_name] = injection
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def prompting_adapter(self) -> Optional[str]:
+        """The adapter whose prompts this tower uses now, or `None` (adapters disabled, or none active here)."""
+        if self.disable_adapters:
+            return None
+        active = [name for name in self.active_adapters if name in self.mudpt_prompts]
+        if len(active) > 1:
+            raise ValueError(
+                f"MuDPT uses one adapter at a time, but {active} are active: call `model.set_adapter(<name>)`."
+            )
+        return active[0] if active else None
+
+    def injection_source(self, adapter_name: str) -> Optional[torch.Tensor]:
+        """The other tower's learned prompts of `adapter_name` that feed this tower's Injection Model."""
+        if adapter_name not in self.mudpt_injection or self.partner is None:
+            return None
+        return self.partner.mudpt_prompts[adapter_name] if adapter_name in self.partner.mudpt_prompts else None
+
+    def used_prompts(self, adapter_name: str) -> torch.Tensor:
+        """The prompts this tower uses for `adapter_name`: learned prompts plus injection, `(depth, n_ctx, width)`."""
+        raise NotImplementedError
+
+    def _run(self, adapter_name: Optional[str], call: Any) -> Any:
+        if adapter_name is None:
+            return call()
+        with self.slot.filled(self.used_prompts(adapter_name), self.prompt_start):
+            return call()
+
+
+class MuDPTTextTower(MuDPTTower):
+    """The text tower wrapper: inserts `n_ctx` prompt tokens after BOS (widening ids, mask and position ids).
+
+    The injection from the vision prompts reaches the deep text prompts only: `text_0 = T_0`, and
+    `text_j = T_j + V2T(V)_j` for the layers `1 <= j < depth` that both towers prompt.
+    """
+
+    def __init__(self, base_layer: nn.Module, spec: FamilySpec) -> None:
+        super().__init__(base_layer, spec)
+        self.prompt_start = spec.text_prompt_start
+
+    def used_prompts(self, adapter_name: str) -> torch.Tensor:
+        prompts = self.mudpt_prompts[adapter_name]
+        source = self.injection_source(adapter_name)
+        if source is None:
+            return prompts
+        common = min(prompts.shape[0], source.shape[0])
+        if common <= 1:
+            return prompts
+        injected = self.mudpt_injection[adapter_name](source[1:common]).to(prompts.dtype)
+        return torch.cat([prompts[:1], prompts[1:common] + injected, prompts[common:]], dim=0)
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        **kwargs: Any,
+    ) -> Any:
+        adapter_name = self.prompting_adapter()
+        if adapter_name is not None:
+            n_ctx = self.mudpt_prompts[adapter_name].shape[1]
+            input_ids, attention_mask, position_ids = self.spec.widen_text_inputs(
+                self.base_layer, n_ctx, input_ids, attention_mask, position_ids
+            )
+        return self._run(
+            adapter_name,
+            lambda: self.base_layer(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            ),
+        )
+
+
+class MuDPTVisionTower(MuDPTTower):
+    """The vision tower wrapper: its prompts are appended after the patch tokens.
+
+    The injection from the text prompts reaches every vision layer: `vision_j = V_j + T2V(T)_j` for the layers
+    `0 <= j < depth` that both towers prompt.
+    """
+
+    def used_prompts(self, adapter_name: str) -> torch.Tensor:
+        prompts = self.mudpt_prompts[adapter_name]
+        source = self.injection_source(adapter_name)
+        if source is None:
+            return prompts
+        common = min(prompts.shape[0], source.shape[0])
+        injected = self.mudpt_injection[adapter_name](source[:common]).to(prompts.dtype)
+        return torch.cat([prompts[:common] + injected, prompts[common:]], dim=0)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run(self.prompting_adapter(), lambda: self.base_layer(*args, **kwargs))
+
+
+class MuDPTTextTokenEmbedding(MuDPTLayer):
+    """Wraps the text token embedding: the rows at the prompt positions become the layer-0 text prompts.
+
+    The position embeddings are added afterwards by the original embeddings module, so the prompts get the positions
+    right after BOS, exactly as CoOp's placeholder tokens do.
+    """
+
+    def forward(self, input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        embeddings = self.base_layer(input_ids, *args, **kwargs)
+        if self.slot.prompts is None:
+            return embeddings
+        return replace_tokens(embeddings, self.slot.prompts[0], self.slot.start)
+
+
+class MuDPTVisionEmbeddings(MuDPTLayer):
+    """Wraps the vision embeddings: the layer-0 visual prompts are appended after the patch tokens.
+
+    They come after the position embeddings (they get none) and before any pre-encoder norm.
+    """
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        embeddings = self.base_layer(*args, **kwargs)
+        prompts = self.slot.prompts
+        if prompts is None:
+            return embeddings
+        expanded = prompts[0].to(embeddings.dtype).unsqueeze(0).expand(embeddings.shape[0], -1, -1)
+        return torch.cat([embeddings, expanded], dim=1)
+
+
+class MuDPTDeepPromptLayer(MuDPTLayer):
+    """Wraps encoder layer `layer_index` (>= 1): its input prompt tokens are replaced by that layer's prompts.
+
+    Args:
+        base_layer (`nn.Module`): The encoder layer.
+        slot ([`PromptSlot`]): The prompt slot of its tower.
+        layer_index (`int`): The layer's index in the encoder.
+    """
+
+    def __init__(self, base_layer: nn.Module, slot: PromptSlot, layer_index: int) -> None:
+        super().__init__(base_layer, slot)
+        self.layer_index = layer_index
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        prompts = self.slot.prompts
+        if prompts is not None and self.layer_index < prompts.shape[0]:
+            if args:
+                args = (replace_tokens(args[0], prompts[self.layer_index], self.slot.start), *args[1:])
+            else:
+                kwargs["hidden_states"] = replace_tokens(
+                    kwargs["hidden_states"], prompts[self.layer_index], self.slot.start
+                )
+        return self.base_layer(*args, **kwargs)

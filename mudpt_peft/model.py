@@ -1,0 +1,369 @@
+"""The MuDPT tuner: injects the MuDPT wrappers into a CLIP-like model."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any, Optional
+
+import torch
+from peft.tuners.tuners_utils import (
+    BaseTuner,
+    BaseTunerLayer,
+    _filter_state_dict_by_key_prefixes,
+    _get_submodules,
+    _get_tuner_state_dict_key_prefixes,
+)
+from torch import nn
+
+from ._registration import MUDPT_PREFIX
+from .config import MuDPTConfig
+from .families import FamilySpec, get_family_spec
+from .injection import InjectionModel
+from .layer import (
+    MuDPTDeepPromptLayer,
+    MuDPTLayer,
+    MuDPTTextTokenEmbedding,
+    MuDPTTextTower,
+    MuDPTTower,
+    MuDPTVisionEmbeddings,
+    MuDPTVisionTower,
+)
+
+
+def _default_heads(width: int) -> int:
+    return max(1, width // 64)
+
+
+class MuDPTModel(BaseTuner):
+    """Creates a MuDPT model (multi-modal deep prompt tuning with an Injection Model) from a CLIP-like model.
+
+    The method is described in "Multi-modal Deep-symphysis Prompt Tuning for Large Pre-trained Vision-Language
+    Models" (Miao et al., ICME 2023, https://arxiv.org/abs/2306.11400). Use it through `peft.get_peft_model`; the
+    backbone stays frozen, only the prompts and the Injection Models train.
+
+    Args:
+        model (`transformers.PreTrainedModel`): A model with a registered [`FamilySpec`] (e.g. `CLIPModel`).
+        config ([`MuDPTConfig`]): The adapter configuration.
+        adapter_name (`str`, defaults to `"default"`): The name of the adapter.
+        low_cpu_mem_usage (`bool`, defaults to `False`): Create the adapter weights on the meta device (for loading).
+
+    Example:
+
+        ```py
+        >>> import mudpt_peft
+        >>> from peft import get_peft_model
+        >>> from transformers import CLIPModel
+
+        >>> clip = CLIPModel.from_pretrained("openai/clip-vit-base-patch16")
+        >>> model = get_peft_model(clip, mudpt_peft.MuDPTConfig(depth=9, n_ctx=2))
+        >>> model.print_trainable_parameters()
+        ```
+    """
+
+    prefix: str = MUDPT_PREFIX
+    tuner_layer_cls = MuDPTLayer
+    target_module_mapping: dict[str, list[str]] = {}
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # injection
+
+    def _pre_injection_hook(self, model: nn.Module, config: MuDPTConfig, adapter_name: str) -> None:
+        from peft import PeftModel
+
+        if isinstance(model, (PeftModel, BaseTuner)) or any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+            raise ValueError(
+                "This model is already wrapped by peft. To add another MuDPT adapter, call "
+                "`peft_model.add_adapter(name, config)`; to start over, use `peft_model.unload()` first."
+            )
+
+    def _create_and_replace(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("MuDPT places its wrappers from the family spec, see `MuDPTModel.inject_adapter`.")
+
+    def inject_adapter(
+        self,
+        model: nn.Module,
+        adapter_name: str,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        state_dict: Optional[dict[str, torch.Tensor]] = None,
+    ) -> None:
+        """Add the adapter `adapter_name` (its config is `self.peft_config[adapter_name]`) to `model`.
+
+        Everything is validated before any weight is created. The first adapter wraps the towers, the input
+        embeddings and the encoder layers that get deep prompts; later adapters reuse the wrappers (and wrap more
+        layers if they are deeper).
+        """
+        config: MuDPTConfig = self.peft_config[adapter_name]
+        if not isinstance(config, MuDPTConfig):
+            raise ValueError(f"Expected a MuDPTConfig for adapter '{adapter_name}', got {type(config).__name__}.")
+        spec = get_family_spec(model)
+        geometry = _validate_against_model(config, model, spec)
+        init_ids = _resolve_ctx_init(config, model)
+
+        text_tower, vision_tower = self._wrap_towers(model, spec)
+        first_adapter = not text_tower.mudpt_prompts and not vision_tower.mudpt_prompts
+        requires_grad_before = {} if first_adapter else {id(p): p.requires_grad for p in model.parameters()}
+
+        text_prompts, vision_prompts = _init_prompts(config, geometry, text_tower, vision_tower, init_ids)
+        v2t = _make_injection(config, geometry["vision_width"], geometry["text_width"], text_tower)
+        t2v = _make_injection(config, geometry["text_width"], geometry["vision_width"], vision_tower)
+        text_tower.update_layer(adapter_name, text_prompts, v2t, inference_mode=config.inference_mode)
+        vision_tower.update_layer(adapter_name, vision_prompts, t2v, inference_mode=config.inference_mode)
+        self._wrap_deep_layers(text_tower, spec.text_layers, config.resolved_text_depth)
+        self._wrap_deep_layers(vision_tower, spec.vision_layers, config.resolved_vision_depth)
+
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+        if first_adapter:
+            self._mark_only_adapters_as_trainable(model)
+        else:  # adding an adapter never changes the trainability of what was there
+            for parameter in model.parameters():
+                if id(parameter) in requires_grad_before:
+                    parameter.requires_grad = requires_grad_before[id(parameter)]
+        self.targeted_module_names = sorted(
+            name for name, module in model.named_modules() if isinstance(module, MuDPTLayer)
+        )
+
+    def _wrap_towers(self, model: nn.Module, spec: FamilySpec) -> tuple[MuDPTTextTower, MuDPTVisionTower]:
+        text_tower = _wrap(model, spec.text_tower, lambda base: MuDPTTextTower(base, spec))
+        vision_tower = _wrap(model, spec.vision_tower, lambda base: MuDPTVisionTower(base, spec))
+        text_tower.partner, vision_tower.partner = vision_tower, text_tower
+        _wrap(text_tower.base_layer, spec.text_token_embedding, lambda b: MuDPTTextTokenEmbedding(b, text_tower.slot))
+        _wrap(vision_tower.base_layer, spec.vision_embeddings, lambda b: MuDPTVisionEmbeddings(b, vision_tower.slot))
+        return text_tower, vision_tower
+
+    @staticmethod
+    def _wrap_deep_layers(tower: MuDPTTower, layers_path: str, depth: int) -> None:
+        layers = tower.base_layer.get_submodule(layers_path)
+        for index in range(1, depth):
+            if not isinstance(layers[index], MuDPTDeepPromptLayer):
+                layers[index] = MuDPTDeepPromptLayer(layers[index], tower.slot, index)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # unloading and merging
+
+    def _unload_and_optionally_merge(
+        self,
+        merge: bool = True,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: Optional[list[str]] = None,
+    ) -> nn.Module:
+        if merge:
+            MuDPTLayer.merge(None)  # raises: prompts cannot be merged
+        wrappers = [(name, module) for name, module in self.model.named_modules() if isinstance(module, MuDPTLayer)]
+        # innermost first, so that every parent path still resolves when its child is replaced
+        for name, module in sorted(wrappers, key=lambda item: item[0].count("."), reverse=True):
+            parent, _, child_name = _get_submodules(self.model, name)
+            setattr(parent, child_name, module.base_layer)
+        if hasattr(self.model, "peft_config"):
+            del self.model.peft_config
+        return self.model
+
+    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+        """Not supported: prompts have no weight delta to merge. Raises `NotImplementedError`."""
+        MuDPTLayer.merge(None)
+
+    def unmerge_adapter(self) -> None:
+        """Nothing is ever merged, so there is nothing to unmerge."""
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # saving and loading
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        """Drop the adapter name that follows a `mudpt_*` container, e.g. `mudpt_injection.default.proj.weight`."""
+        return re.sub(rf"(\.{re.escape(MUDPT_PREFIX)}[A-Za-z0-9_]+)\.{re.escape(adapter_name)}(?=\.|$)", r"\1", key)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls,
+        model: nn.Module,
+        config: MuDPTConfig,
+        adapter_name: str,
+        state_dict: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        prefixes = _get_tuner_state_dict_key_prefixes(model, adapter_name=adapter_name)
+        expected = _filter_state_dict_by_key_prefixes(model.state_dict(), prefixes)
+        if not any(key.startswith("base_model.model.") for key in expected):
+            remapped = {key.removeprefix("base_model.model."): value for key, value in remapped.items()}
+        problems = []
+        missing = sorted(set(expected) - set(remapped))
+        unexpected = sorted(set(remapped) - set(expected))
+        if missing:
+            problems.append(f"missing tensors: {[cls._remove_adapter_name_from_key(k, adapter_name) for k in missing]}")
+        if unexpected:
+            problems.append(f"unexpected tensors: {unexpected}")
+        for key in sorted(set(expected) & set(remapped)):
+            if tuple(expected[key].shape) != tuple(remapped[key].shape):
+                problems.append(
+                    f"{cls._remove_adapter_name_from_key(key, adapter_name)} has shape {tuple(remapped[key].shape)} "
+                    f"in the checkpoint but {tuple(expected[key].shape)} in this model"
+                )
+        if problems:
+            _discard_adapter(model, adapter_name)
+            raise ValueError(
+                f"The MuDPT adapter '{adapter_name}' does not fit this base model ({'; '.join(problems)}). "
+                "Was it trained on a base model with other widths or layer counts? Load it on the base model it "
+                "was trained for (see `base_model_name_or_path` in adapter_config.json)."
+            )
+        return remapped
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _wrap(root: nn.Module, path: str, make_wrapper: Any) -> Any:
+    """Replace the module at `path` under `root` by `make_wrapper(module)` unless it is wrapped already."""
+    module = root.get_submodule(path)
+    if isinstance(module, MuDPTLayer):
+        return module
+    parent_path, _, name = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    wrapper = make_wrapper(module)
+    setattr(parent, name, wrapper)
+    return wrapper
+
+
+def _validate_against_model(config: MuDPTConfig, model: nn.Module, spec: FamilySpec) -> dict[str, int]:
+    geometry = {
+        "text_width": spec.text_width(model),
+        "vision_width": spec.vision_width(model),
+        "text_layers": spec.num_text_layers(model),
+        "vision_layers": spec.num_vision_layers(model),
+    }
+    for tower, depth, field_name in (
+        ("text", config.resolved_text_depth, "text_depth" if config.text_depth is not None else "depth"),
+        ("vision", config.resolved_vision_depth, "vision_depth" if config.vision_depth is not None else "depth"),
+    ):
+        if depth > geometry[f"{tower}_layers"]:
+            raise ValueError(
+                f"`{field_name}`={depth} is larger than the {tower} tower's {geometry[f'{tower}_layers']} layers; "
+                f"allowed: 1..{geometry[f'{tower}_layers']}."
+            )
+    for source in ("text", "vision"):
+        width = geometry[f"{source}_width"]
+        heads = config.injection_heads or _default_heads(width)
+        if config.injection_layers > 0 and width % heads != 0:
+            raise ValueError(
+                f"`injection_heads`={heads} does not divide the {source} width {width}; choose a head count that "
+                f"divides both widths ({geometry['text_width']} and {geometry['vision_width']})."
+            )
+    max_positions = spec.text_config(model).max_position_embeddings
+    if config.n_ctx + spec.text_prompt_start + 1 > max_positions:
+        raise ValueError(
+            f"`n_ctx`={config.n_ctx} leaves no room for text in the text tower's {max_positions} positions; "
+            f"allowed: 1..{max_positions - spec.text_prompt_start - 1}."
+        )
+    return geometry
+
+
+def _resolve_ctx_init(config: MuDPTConfig, model: nn.Module) -> Optional[list[int]]:
+    """The token ids that initialise the layer-0 text prompts (tokenizing `ctx_init` once, then kept in the config)."""
+    if config.ctx_init_token_ids is not None:
+        return config.ctx_init_token_ids
+    if config.ctx_init is None:
+        return None
+    source = config.tokenizer_name_or_path or getattr(model, "name_or_path", None) or None
+    if not source:
+        raise ValueError(
+            f"`ctx_init`={config.ctx_init!r} needs a tokenizer, but the base model has no `name_or_path`. "
+            "Pass `tokenizer_name_or_path=<tokenizer id or local directory>` or `ctx_init_token_ids=[...]`."
+        )
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"`ctx_init`={config.ctx_init!r} needs a tokenizer, but none could be loaded from {source!r} ({error}). "
+            "Offline, pass `tokenizer_name_or_path=<local directory with the tokenizer files>` or "
+            "`ctx_init_token_ids=[...]`."
+        ) from error
+    token_ids = list(tokenizer(config.ctx_init, add_special_tokens=False)["input_ids"])
+    if not token_ids:
+        raise ValueError(f"`ctx_init`={config.ctx_init!r} produced no tokens with the tokenizer from {source!r}.")
+    if len(token_ids) != config.n_ctx:
+        warnings.warn(
+            f"`ctx_init`={config.ctx_init!r} has {len(token_ids)} tokens, so `n_ctx` is set to {len(token_ids)} "
+            f"(was {config.n_ctx}).",
+            UserWarning,
+            stacklevel=4,
+        )
+        if config.vision_n_ctx is not None and config.vision_n_ctx != len(token_ids):
+            raise ValueError(
+                f"`ctx_init` sets `n_ctx` to {len(token_ids)}, which differs from `vision_n_ctx`={config.vision_n_ctx};"
+                " leave `vision_n_ctx=None` or make them equal."
+            )
+        config.n_ctx = len(token_ids)
+    config.ctx_init_token_ids = token_ids
+    return token_ids
+
+
+def _reference_parameter(module: nn.Module) -> torch.Tensor:
+    return next(p for p in module.parameters() if p.is_floating_point())
+
+
+def _init_prompts(
+    config: MuDPTConfig,
+    geometry: dict[str, int],
+    text_tower: MuDPTTower,
+    vision_tower: MuDPTTower,
+    init_ids: Optional[list[int]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    text_ref = _reference_parameter(text_tower.base_layer)
+    vision_ref = _reference_parameter(vision_tower.base_layer)
+    text_prompts = torch.empty(
+        config.resolved_text_depth, config.n_ctx, geometry["text_width"], device=text_ref.device, dtype=text_ref.dtype
+    )
+    vision_prompts = torch.empty(
+        config.resolved_vision_depth,
+        config.resolved_vision_n_ctx,
+        geometry["vision_width"],
+        device=vision_ref.device,
+        dtype=vision_ref.dtype,
+    )
+    with torch.no_grad():
+        nn.init.normal_(text_prompts, std=config.prompt_init_std)
+        nn.init.normal_(vision_prompts, std=config.prompt_init_std)
+        if init_ids is not None:
+            embedding = text_tower.base_layer.get_submodule(text_tower.spec.text_token_embedding)
+            weight = embedding.get_base_layer().weight
+            vocab = weight.shape[0]
+            if max(init_ids) >= vocab:
+                raise ValueError(f"`ctx_init_token_ids` {init_ids} contain ids outside the vocabulary of {vocab} tokens.")
+            ids = torch.tensor(init_ids, device=weight.device)
+            text_prompts[0] = weight[ids].to(text_prompts.dtype)
+    return text_prompts, vision_prompts
+
+
+def _make_injection(
+    config: MuDPTConfig, source_width: int, target_width: int, target_tower: MuDPTTower
+) -> InjectionModel:
+    reference = _reference_parameter(target_tower.base_layer)
+    return InjectionModel(
+        source_width=source_width,
+        target_width=target_width,
+        num_layers=config.injection_layers,
+        num_heads=config.injection_heads or _default_heads(source_width),
+        mlp_ratio=config.injection_mlp_ratio,
+        dropout=config.injection_dropout,
+        init_std=config.prompt_init_std,
+        device=reference.device,
+        dtype=reference.dtype,
+    )
+
+
+def _discard_adapter(model: nn.Module, adapter_name: str) -> None:
+    """Remove a half-loaded adapter: delete it, or unwrap the base model when it is the only one."""
+    from peft import PeftModel
+
+    tuner = model.base_model if isinstance(model, PeftModel) else None
+    if tuner is None:
+        return
+    if len(tuner.peft_config) > 1:
+        model.delete_adapter(adapter_name)
+    else:
+        tuner.unload()
