@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from peft.config import PeftConfig
 
@@ -64,28 +63,32 @@ class MuDPTConfig(PeftConfig):
         default=9,
         metadata={"help": "Layers that get prompts, counting the input layer (prompts at layers 0..depth-1)."},
     )
-    text_depth: Optional[int] = field(default=None, metadata={"help": "Overrides `depth` for the text tower."})
-    vision_depth: Optional[int] = field(default=None, metadata={"help": "Overrides `depth` for the vision tower."})
+    text_depth: int | None = field(default=None, metadata={"help": "Overrides `depth` for the text tower."})
+    vision_depth: int | None = field(default=None, metadata={"help": "Overrides `depth` for the vision tower."})
     n_ctx: int = field(default=2, metadata={"help": "Learned text prompt tokens per layer."})
-    vision_n_ctx: Optional[int] = field(
+    vision_n_ctx: int | None = field(
         default=None, metadata={"help": "Learned visual prompt tokens per layer (default: same as `n_ctx`)."}
     )
-    ctx_init: Optional[str] = field(
+    ctx_init: str | None = field(
         default=None,
         metadata={"help": "Words (e.g. 'a photo of a') whose token embeddings initialise the layer-0 text prompts."},
     )
-    ctx_init_token_ids: Optional[list[int]] = field(
+    ctx_init_token_ids: list[int] | None = field(
         default=None,
-        metadata={"help": "Token ids of `ctx_init`; filled in when the adapter is created, so reloading needs no tokenizer."},
+        metadata={
+            "help": "Token ids of `ctx_init`; filled in when the adapter is created, so reloading needs no tokenizer."
+        },
     )
-    tokenizer_name_or_path: Optional[str] = field(
+    tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Tokenizer for `ctx_init` (default: the base model's `name_or_path`)."}
     )
     injection_layers: int = field(default=1, metadata={"help": "Transformer blocks per Injection Model."})
-    injection_heads: Optional[int] = field(
+    injection_heads: int | None = field(
         default=None, metadata={"help": "Attention heads of the Injection Model (default: source width // 64)."}
     )
-    injection_mlp_ratio: float = field(default=4.0, metadata={"help": "MLP width of the Injection Model blocks / width."})
+    injection_mlp_ratio: float = field(
+        default=4.0, metadata={"help": "MLP width of the Injection Model blocks / width."}
+    )
     injection_dropout: float = field(default=0.0, metadata={"help": "Dropout inside the Injection Model blocks."})
     prompt_init_std: float = field(default=0.02, metadata={"help": "Std of the normal initialisation of the prompts."})
 
@@ -109,8 +112,10 @@ class MuDPTConfig(PeftConfig):
             raise ValueError(f"`ctx_init` must be a non-empty string such as 'a photo of a', got {self.ctx_init!r}.")
         if self.ctx_init_token_ids is not None:
             ids = self.ctx_init_token_ids
-            if not isinstance(ids, (list, tuple)) or not ids or not all(
-                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids
+            if (
+                not isinstance(ids, (list, tuple))
+                or not ids
+                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)
             ):
                 raise ValueError(f"`ctx_init_token_ids` must be a non-empty list of token ids, got {ids!r}.")
             self.ctx_init_token_ids = list(ids)

@@ -9,7 +9,7 @@ library.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -107,9 +107,9 @@ class FamilySpec:
         text_tower: nn.Module,
         n_ctx: int,
         input_ids: torch.Tensor,
-        attention_mask: Optional[torch.Tensor],
-        position_ids: Optional[torch.Tensor],
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Make room for `n_ctx` prompt tokens at `text_prompt_start`.
 
         The token ids get placeholder ids there (replaced by the prompts in the token embedding), the attention mask

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -32,11 +32,11 @@ class PromptSlot:
     __slots__ = ("prompts", "start")
 
     def __init__(self) -> None:
-        self.prompts: Optional[torch.Tensor] = None
-        self.start: Optional[int] = None
+        self.prompts: torch.Tensor | None = None
+        self.start: int | None = None
 
     @contextlib.contextmanager
-    def filled(self, prompts: torch.Tensor, start: Optional[int]) -> Iterator[None]:
+    def filled(self, prompts: torch.Tensor, start: int | None) -> Iterator[None]:
         """Hold `prompts` (placed at `start`) for the duration of the `with` block."""
         previous = (self.prompts, self.start)
         self.prompts, self.start = prompts, start
@@ -46,7 +46,7 @@ class PromptSlot:
             self.prompts, self.start = previous
 
 
-def replace_tokens(hidden_states: torch.Tensor, prompts: torch.Tensor, start: Optional[int]) -> torch.Tensor:
+def replace_tokens(hidden_states: torch.Tensor, prompts: torch.Tensor, start: int | None) -> torch.Tensor:
     """Return `hidden_states` with the tokens at `start .. start+n_ctx` (or the last `n_ctx`) replaced by `prompts`.
 
     Out of place: transformers keeps references to earlier hidden states for `output_hidden_states`.
@@ -83,7 +83,7 @@ class MuDPTLayer(nn.Module, BaseTunerLayer):
                 raise
             return getattr(self.base_layer, name)
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Prompts add tokens; they have no weight delta that could be merged into the base model."""
         raise NotImplementedError(
             "MuDPT adapters cannot be merged: prompts add tokens to the sequence and have no weight delta. "
@@ -93,7 +93,7 @@ class MuDPTLayer(nn.Module, BaseTunerLayer):
     def unmerge(self) -> None:
         """Nothing is ever merged (see [`~MuDPTLayer.merge`])."""
 
-    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: Optional[torch.device] = None) -> None:
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
         # peft looks for `base_layer.weight`, which towers do not have: use the first parameter of the wrapped module.
         reference = next((p for p in self.get_base_layer().parameters() if p.device.type != "meta"), None)
         if reference is None:
@@ -108,7 +108,7 @@ class MuDPTLayer(nn.Module, BaseTunerLayer):
 
 
 class MuDPTTower(MuDPTLayer):
-    """Wraps one tower; owns its prompts (`mudpt_prompts`) and the Injection Model feeding into them (`mudpt_injection`).
+    """Wraps a tower; owns its prompts (`mudpt_prompts`) and the Injection Model feeding into them (`mudpt_injection`).
 
     Args:
         base_layer (`nn.Module`): The tower.
@@ -117,14 +117,14 @@ class MuDPTTower(MuDPTLayer):
 
     adapter_layer_names = ("mudpt_prompts", "mudpt_injection")
     #: Index of the first prompt token in this tower's sequence, or `None` for the last tokens.
-    prompt_start: Optional[int] = None
+    prompt_start: int | None = None
 
     def __init__(self, base_layer: nn.Module, spec: FamilySpec) -> None:
         super().__init__(base_layer, PromptSlot())
         self.spec = spec
         self.mudpt_prompts = nn.ParameterDict()
         self.mudpt_injection = nn.ModuleDict()
-        self.partner: Optional[MuDPTTower] = None
+        self.partner: MuDPTTower | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "partner":  # a plain reference: the other tower is registered elsewhere in the model
@@ -136,7 +136,7 @@ class MuDPTTower(MuDPTLayer):
         self,
         adapter_name: str,
         prompts: torch.Tensor,
-        injection: Optional[InjectionModel],
+        injection: InjectionModel | None,
         inference_mode: bool = False,
     ) -> None:
         """Add an adapter: its learned `prompts` `(depth, n_ctx, width)` and the `injection` from the other tower."""
@@ -145,7 +145,7 @@ class MuDPTTower(MuDPTLayer):
             self.mudpt_injection[adapter_name] = injection
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
-    def prompting_adapter(self) -> Optional[str]:
+    def prompting_adapter(self) -> str | None:
         """The adapter whose prompts this tower uses now, or `None` (adapters disabled, or none active here)."""
         if self.disable_adapters:
             return None
@@ -156,7 +156,7 @@ class MuDPTTower(MuDPTLayer):
             )
         return active[0] if active else None
 
-    def injection_source(self, adapter_name: str) -> Optional[torch.Tensor]:
+    def injection_source(self, adapter_name: str) -> torch.Tensor | None:
         """The other tower's learned prompts of `adapter_name` that feed this tower's Injection Model."""
         if adapter_name not in self.mudpt_injection or self.partner is None:
             return None
@@ -166,7 +166,7 @@ class MuDPTTower(MuDPTLayer):
         """The prompts this tower uses for `adapter_name`: learned prompts plus injection, `(depth, n_ctx, width)`."""
         raise NotImplementedError
 
-    def _run(self, adapter_name: Optional[str], call: Any) -> Any:
+    def _run(self, adapter_name: str | None, call: Any) -> Any:
         if adapter_name is None:
             return call()
         with self.slot.filled(self.used_prompts(adapter_name), self.prompt_start):
@@ -197,9 +197,9 @@ class MuDPTTextTower(MuDPTTower):
 
     def forward(
         self,
-        input_ids: Optional[torch.Tensor] = None,
-        attention_mask: Optional[torch.Tensor] = None,
-        position_ids: Optional[torch.Tensor] = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
         adapter_name = self.prompting_adapter()

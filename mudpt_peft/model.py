@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import (
@@ -86,7 +86,7 @@ class MuDPTModel(BaseTuner):
         adapter_name: str,
         autocast_adapter_dtype: bool = True,
         low_cpu_mem_usage: bool = False,
-        state_dict: Optional[dict[str, torch.Tensor]] = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """Add the adapter `adapter_name` (its config is `self.peft_config[adapter_name]`) to `model`.
 
@@ -147,7 +147,7 @@ class MuDPTModel(BaseTuner):
         merge: bool = True,
         progressbar: bool = False,
         safe_merge: bool = False,
-        adapter_names: Optional[list[str]] = None,
+        adapter_names: list[str] | None = None,
     ) -> nn.Module:
         if merge:
             MuDPTLayer.merge(None)  # raises: prompts cannot be merged
@@ -160,7 +160,7 @@ class MuDPTModel(BaseTuner):
             del self.model.peft_config
         return self.model
 
-    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         """Not supported: prompts have no weight delta to merge. Raises `NotImplementedError`."""
         MuDPTLayer.merge(None)
 
@@ -192,7 +192,9 @@ class MuDPTModel(BaseTuner):
         missing = sorted(set(expected) - set(remapped))
         unexpected = sorted(set(remapped) - set(expected))
         if missing:
-            problems.append(f"missing tensors: {[cls._remove_adapter_name_from_key(k, adapter_name) for k in missing]}")
+            problems.append(
+                f"missing tensors: {[cls._remove_adapter_name_from_key(k, adapter_name) for k in missing]}"
+            )
         if unexpected:
             problems.append(f"unexpected tensors: {unexpected}")
         for key in sorted(set(expected) & set(remapped)):
@@ -260,7 +262,7 @@ def _validate_against_model(config: MuDPTConfig, model: nn.Module, spec: FamilyS
     return geometry
 
 
-def _resolve_ctx_init(config: MuDPTConfig, model: nn.Module) -> Optional[list[int]]:
+def _resolve_ctx_init(config: MuDPTConfig, model: nn.Module) -> list[int] | None:
     """The token ids that initialise the layer-0 text prompts (tokenizing `ctx_init` once, then kept in the config)."""
     if config.ctx_init_token_ids is not None:
         return config.ctx_init_token_ids
@@ -311,7 +313,7 @@ def _init_prompts(
     geometry: dict[str, int],
     text_tower: MuDPTTower,
     vision_tower: MuDPTTower,
-    init_ids: Optional[list[int]],
+    init_ids: list[int] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     text_ref = _reference_parameter(text_tower.base_layer)
     vision_ref = _reference_parameter(vision_tower.base_layer)
@@ -333,7 +335,9 @@ def _init_prompts(
             weight = embedding.get_base_layer().weight
             vocab = weight.shape[0]
             if max(init_ids) >= vocab:
-                raise ValueError(f"`ctx_init_token_ids` {init_ids} contain ids outside the vocabulary of {vocab} tokens.")
+                raise ValueError(
+                    f"`ctx_init_token_ids` {init_ids} contain ids outside the vocabulary of {vocab} tokens."
+                )
             ids = torch.tensor(init_ids, device=weight.device)
             text_prompts[0] = weight[ids].to(text_prompts.dtype)
     return text_prompts, vision_prompts

@@ -68,8 +68,8 @@ def make_inputs(seed: int = 1, batch: int = 3, length: int = 7, image_size: int 
     attention_mask = torch.zeros(batch, length, dtype=torch.long)
     for row, real in enumerate(lengths):
         words = torch.randint(1, BOS_ID - 1, (real - 2,), generator=generator)
-        input_ids[row, : real] = torch.cat([torch.tensor([BOS_ID]), words, torch.tensor([EOS_ID])])
-        attention_mask[row, : real] = 1
+        input_ids[row, :real] = torch.cat([torch.tensor([BOS_ID]), words, torch.tensor([EOS_ID])])
+        attention_mask[row, :real] = 1
     pixel_values = torch.randn(batch, 3, image_size, image_size, generator=generator)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
 
