@@ -36,9 +36,7 @@ def extend_str_enum(enum_cls: type[enum.Enum], name: str, value: str | None = No
     existing = enum_cls.__members__.get(name)
     if existing is not None:
         if existing.value != value:
-            raise ValueError(
-                f"{enum_cls.__name__}.{name} already exists with value {existing.value!r}, not {value!r}."
-            )
+            raise ValueError(f"{enum_cls.__name__}.{name} already exists with value {existing.value!r}, not {value!r}.")
         return existing
     if value in enum_cls._value2member_map_:
         raise ValueError(f"The value {value!r} is already used by {enum_cls._value2member_map_[value]!r}.")

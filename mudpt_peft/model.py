@@ -65,17 +65,20 @@ class MuDPTModel(BaseTuner):
     tuner_layer_cls = MuDPTLayer
     target_module_mapping: dict[str, list[str]] = {}
 
+    def __init__(
+        self,
+        model: nn.Module,
+        peft_config: MuDPTConfig | dict[str, MuDPTConfig],
+        adapter_name: str,
+        low_cpu_mem_usage: bool = False,
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        # checked before BaseTuner.__init__, which would otherwise write into the wrapped model's `peft_config`
+        _refuse_wrapped(model)
+        super().__init__(model, peft_config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
+
     # ----------------------------------------------------------------------------------------------------------------
     # injection
-
-    def _pre_injection_hook(self, model: nn.Module, config: MuDPTConfig, adapter_name: str) -> None:
-        from peft import PeftModel
-
-        if isinstance(model, (PeftModel, BaseTuner)) or any(isinstance(m, BaseTunerLayer) for m in model.modules()):
-            raise ValueError(
-                "This model is already wrapped by peft. To add another MuDPT adapter, call "
-                "`peft_model.add_adapter(name, config)`; to start over, use `peft_model.unload()` first."
-            )
 
     def _create_and_replace(self, *args: Any, **kwargs: Any) -> None:
         raise NotImplementedError("MuDPT places its wrappers from the family spec, see `MuDPTModel.inject_adapter`.")
@@ -192,9 +195,7 @@ class MuDPTModel(BaseTuner):
         missing = sorted(set(expected) - set(remapped))
         unexpected = sorted(set(remapped) - set(expected))
         if missing:
-            problems.append(
-                f"missing tensors: {[cls._remove_adapter_name_from_key(k, adapter_name) for k in missing]}"
-            )
+            problems.append(f"missing tensors: {[cls._remove_adapter_name_from_key(k, adapter_name) for k in missing]}")
         if unexpected:
             problems.append(f"unexpected tensors: {unexpected}")
         for key in sorted(set(expected) & set(remapped)):
@@ -215,6 +216,16 @@ class MuDPTModel(BaseTuner):
 
 # --------------------------------------------------------------------------------------------------------------------
 # helpers
+
+
+def _refuse_wrapped(model: nn.Module) -> None:
+    from peft import PeftModel
+
+    if isinstance(model, (PeftModel, BaseTuner)) or any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+        raise ValueError(
+            "This model is already wrapped by peft. To add another MuDPT adapter, call "
+            "`peft_model.add_adapter(name, config)`; to start over, use `peft_model.unload()` first."
+        )
 
 
 def _wrap(root: nn.Module, path: str, make_wrapper: Any) -> Any:
