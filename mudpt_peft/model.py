@@ -109,7 +109,14 @@ class MuDPTModel(BaseTuner):
         requires_grad_before = {} if first_adapter else {id(p): p.requires_grad for p in model.parameters()}
 
         text_prompts, vision_prompts = _init_prompts(config, geometry, text_tower, vision_tower, init_ids)
-        v2t = _make_injection(config, geometry["vision_width"], geometry["text_width"], text_tower)
+        # V2T feeds the deep text prompts only (text layer 0 gets no injection): without a common deep layer it
+        # would be a parameter that never receives a gradient (and breaks DDP without find_unused_parameters)
+        common_depth = min(config.resolved_text_depth, config.resolved_vision_depth)
+        v2t = (
+            _make_injection(config, geometry["vision_width"], geometry["text_width"], text_tower)
+            if common_depth > 1
+            else None
+        )
         t2v = _make_injection(config, geometry["text_width"], geometry["vision_width"], vision_tower)
         text_tower.update_layer(adapter_name, text_prompts, v2t, inference_mode=config.inference_mode)
         vision_tower.update_layer(adapter_name, vision_prompts, t2v, inference_mode=config.inference_mode)

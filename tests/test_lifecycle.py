@@ -37,12 +37,15 @@ def hooks_of(model) -> list[tuple[str, int, int, int]]:
     ]
 
 
-def test_only_prompts_and_injection_are_trainable(clip, inputs, capsys):
-    model = get_peft_model(clip, MuDPTConfig(depth=3))
+@pytest.mark.parametrize("depth", [1, 3])
+def test_only_prompts_and_injection_are_trainable(clip, inputs, capsys, depth):
+    model = get_peft_model(clip, MuDPTConfig(depth=depth))
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".mudpt_prompts." in n or ".mudpt_injection." in n for n in trainable)
     assert any(".text_model.mudpt_prompts." in n for n in trainable)
     assert any(".vision_model.mudpt_injection." in n for n in trainable)
+    # depth 1: text layer 0 gets no injection, so there is no V2T model that could never receive a gradient
+    assert any(".text_model.mudpt_injection." in n for n in trainable) == (depth > 1)
     count = sum(p.numel() for n, p in model.named_parameters() if n in trainable)
     model.print_trainable_parameters()
     assert f"trainable params: {count:,}" in capsys.readouterr().out
