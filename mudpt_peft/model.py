@@ -101,8 +101,8 @@ class MuDPTModel(BaseTuner):
         if not isinstance(config, MuDPTConfig):
             raise ValueError(f"Expected a MuDPTConfig for adapter '{adapter_name}', got {type(config).__name__}.")
         spec = get_family_spec(model)
+        init_ids = _resolve_ctx_init(config, model, spec)  # may set n_ctx from the word count
         geometry = _validate_against_model(config, model, spec)
-        init_ids = _resolve_ctx_init(config, model)
 
         text_tower, vision_tower = self._wrap_towers(model, spec)
         first_adapter = not text_tower.mudpt_prompts and not vision_tower.mudpt_prompts
@@ -280,12 +280,22 @@ def _validate_against_model(config: MuDPTConfig, model: nn.Module, spec: FamilyS
     return geometry
 
 
-def _resolve_ctx_init(config: MuDPTConfig, model: nn.Module) -> list[int] | None:
+def _resolve_ctx_init(config: MuDPTConfig, model: nn.Module, spec: FamilySpec) -> list[int] | None:
     """The token ids that initialise the layer-0 text prompts (tokenizing `ctx_init` once, then kept in the config)."""
-    if config.ctx_init_token_ids is not None:
-        return config.ctx_init_token_ids
-    if config.ctx_init is None:
-        return None
+    if config.ctx_init_token_ids is None and config.ctx_init is not None:
+        _tokenize_ctx_init(config, model)
+    token_ids = config.ctx_init_token_ids
+    vocab_size = spec.text_config(model).vocab_size
+    if token_ids is not None and max(token_ids) >= vocab_size:
+        raise ValueError(
+            f"`ctx_init_token_ids` {token_ids} contain ids outside the text vocabulary of {vocab_size} tokens; "
+            "was `ctx_init` tokenized with another model's tokenizer?"
+        )
+    return token_ids
+
+
+def _tokenize_ctx_init(config: MuDPTConfig, model: nn.Module) -> None:
+    """Tokenize `ctx_init` into `config.ctx_init_token_ids`, setting `n_ctx` to the token count (with a warning)."""
     source = config.tokenizer_name_or_path or getattr(model, "name_or_path", None) or None
     if not source:
         raise ValueError(
@@ -319,7 +329,6 @@ def _resolve_ctx_init(config: MuDPTConfig, model: nn.Module) -> list[int] | None
             )
         config.n_ctx = len(token_ids)
     config.ctx_init_token_ids = token_ids
-    return token_ids
 
 
 def _reference_parameter(module: nn.Module) -> torch.Tensor:
