@@ -94,17 +94,24 @@ class MuDPTLayer(nn.Module, BaseTunerLayer):
         """Nothing is ever merged (see [`~MuDPTLayer.merge`])."""
 
     def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
-        # peft looks for `base_layer.weight`, which towers do not have: use the first parameter of the wrapped module.
+        """Move the adapter to the device of the wrapped module (after a `low_cpu_mem_usage` load).
+
+        Only the device changes: the dtype stays as loaded, so that loading onto a half-precision base is lossless;
+        peft's `_cast_adapter_dtype` then applies `autocast_adapter_dtype` as on the regular loading path.
+        """
         reference = next((p for p in self.get_base_layer().parameters() if p.device.type != "meta"), None)
-        if reference is None:
+        target_device = device if device is not None else (reference.device if reference is not None else None)
+        if target_device is None:
             return
-        target_device = reference.device if device is None else device
-        target_dtype = reference.dtype if reference.dtype.is_floating_point else None
         for name in self.adapter_layer_names:
             container = getattr(self, name)
             if adapter_name not in container or any(p.device.type == "meta" for p in container.parameters()):
                 continue
-            container[adapter_name] = container[adapter_name].to(target_device, dtype=target_dtype)
+            item = container[adapter_name]
+            if isinstance(item, nn.Parameter):
+                container[adapter_name] = nn.Parameter(item.data.to(target_device), requires_grad=item.requires_grad)
+            else:
+                item.to(target_device)
 
 
 class MuDPTTower(MuDPTLayer):

@@ -91,6 +91,22 @@ def test_save_holds_only_mudpt_tensors_and_reloads_bit_exactly(tmp_path, inputs)
     assert any(p.requires_grad for p in trainable.parameters())
 
 
+def test_loading_onto_a_half_precision_base_is_lossless(tmp_path, inputs):
+    model = get_peft_model(make_clip(), MuDPTConfig(depth=3))
+    randomize_adapter(model)
+    model.save_pretrained(tmp_path)
+    half_inputs = {**inputs, "pixel_values": inputs["pixel_values"].to(torch.bfloat16)}
+    regular = PeftModel.from_pretrained(make_clip().to(torch.bfloat16), tmp_path)
+    low_memory = PeftModel.from_pretrained(make_clip().to(torch.bfloat16), tmp_path, low_cpu_mem_usage=True)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    for loaded in (regular, low_memory):
+        adapter = {k: v for k, v in loaded.state_dict().items() if "mudpt_" in k}
+        assert all(v.dtype == torch.float32 for v in adapter.values())  # autocast_adapter_dtype keeps fp32
+        prompts = loaded.base_model.model.text_model.mudpt_prompts["default"]
+        assert torch.equal(prompts, saved["base_model.model.text_model.mudpt_prompts"])
+    assert torch.equal(logits(regular, half_inputs), logits(low_memory, half_inputs))
+
+
 def test_load_adapter_under_a_second_name(tmp_path, inputs):
     source = get_peft_model(make_clip(), MuDPTConfig(depth=2))
     randomize_adapter(source, seed=3)
