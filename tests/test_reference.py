@@ -292,7 +292,11 @@ def test_wrapped_matches_reference(case, dtype):
     vision_depth = kwargs.get("vision_depth", kwargs["depth"])
     assert clip.text_model.mudpt_prompts[ADAPTER].shape == (text_depth, kwargs["n_ctx"], 32)
     assert clip.vision_model.mudpt_prompts[ADAPTER].shape == (vision_depth, kwargs["n_ctx"], 48)
-    assert len(clip.text_model.mudpt_injection[ADAPTER].blocks) == cfg.injection_layers
+    assert len(clip.vision_model.mudpt_injection[ADAPTER].blocks) == cfg.injection_layers
+    if min(text_depth, vision_depth) > 1:
+        assert len(clip.text_model.mudpt_injection[ADAPTER].blocks) == cfg.injection_layers
+    else:  # no deep layer shared by both towers: the V2T model would be unused, and is not created
+        assert ADAPTER not in clip.text_model.mudpt_injection
 
     randomize_adapter(model)
     model.to(dtype)
