@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from peft.config import PeftConfig
 
 from ._registration import MUDPT_PEFT_TYPE
+from .fusion import FUSIONS
 
 
 def _check_int(name: str, value: object, minimum: int, optional: bool = False) -> None:
@@ -26,7 +27,19 @@ class MuDPTConfig(PeftConfig):
     model, and couples the two modalities with an *Injection Model* per direction (a small transformer block and a
     linear head) whose output is added to the other modality's prompts, layer by layer. The backbone stays frozen.
 
+    The same tuner also runs the methods MuDPT is compared with, as configurations (see [`MuDPTConfig.for_method`]):
+    CoOp (text prompts only), VPT (vision prompts only), IVLP (both, uncoupled), MaPLe (vision prompts mapped from
+    the text prompts) and MuDPT's linear variant, plus a cross-attention coupling.
+
     Args:
+        text_prompts (`bool`, defaults to `True`):
+            Whether the text tower gets learned prompts.
+        vision_prompts (`bool`, defaults to `True`):
+            Whether the vision tower gets prompts (with `fusion="text_to_vision"` they are mapped from the text
+            prompts instead of learned).
+        fusion (`str`, defaults to `"injection"`):
+            How the towers' prompts are coupled: `"injection"` (MuDPT's Injection Model), `"linear"` (the official
+            `mudpt.py` variant), `"text_to_vision"` (MaPLe), `"none"` (independent prompts) or `"cross_attention"`.
         depth (`int`, defaults to 9):
             Number of layers that get prompts, counting the input layer: prompts are used at layers `0..depth-1`, i.e.
             `depth - 1` deep prompt sets (`PROMPT_DEPTH` in the official code).
@@ -59,6 +72,12 @@ class MuDPTConfig(PeftConfig):
             Standard deviation of the normal initialisation of the prompts (and of the Injection Model's weights).
     """
 
+    text_prompts: bool = field(default=True, metadata={"help": "Whether the text tower gets learned prompts."})
+    vision_prompts: bool = field(default=True, metadata={"help": "Whether the vision tower gets prompts."})
+    fusion: str = field(
+        default="injection",
+        metadata={"help": f"How the towers' prompts are coupled, one of {', '.join(FUSIONS)}."},
+    )
     depth: int = field(
         default=9,
         metadata={"help": "Layers that get prompts, counting the input layer (prompts at layers 0..depth-1)."},
@@ -123,26 +142,100 @@ class MuDPTConfig(PeftConfig):
                 raise ValueError(
                     f"`ctx_init_token_ids` has {len(ids)} ids but `n_ctx` is {self.n_ctx}; they must be equal."
                 )
-        self._check_fusion_shapes()
+        self._check_method()
 
-    def _check_fusion_shapes(self) -> None:
-        if self.resolved_vision_n_ctx != self.n_ctx:
+    def _check_method(self) -> None:
+        for name in ("text_prompts", "vision_prompts"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"`fusion` must be one of {', '.join(FUSIONS)}; got {self.fusion!r}.")
+        if not self.text_prompts and (self.ctx_init is not None or self.ctx_init_token_ids is not None):
+            raise ValueError("`ctx_init` initialises text prompts, but `text_prompts=False`.")
+        if not (self.text_prompts or self.vision_prompts):
+            raise ValueError("`text_prompts` and `vision_prompts` are both False: at least one tower needs prompts.")
+        if self.fusion != "none" and not (self.text_prompts and self.vision_prompts):
             raise ValueError(
-                f"The Injection Model adds each text prompt token to a visual prompt token, so `vision_n_ctx` "
-                f"({self.vision_n_ctx}) must equal `n_ctx` ({self.n_ctx}); leave `vision_n_ctx=None` to follow `n_ctx`."
+                f"`fusion`={self.fusion!r} couples the two towers, so it needs `text_prompts=True` and "
+                "`vision_prompts=True`; use `fusion='none'` for prompts in one tower only."
+            )
+        if self.fusion in ("injection", "linear", "text_to_vision") and self.resolved_vision_n_ctx != self.n_ctx:
+            raise ValueError(
+                f"`fusion`={self.fusion!r} maps each text prompt token to a visual prompt token, so `vision_n_ctx` "
+                f"({self.vision_n_ctx}) must equal `n_ctx` ({self.n_ctx}); leave `vision_n_ctx=None` to follow it."
+            )
+        if self.fusion == "text_to_vision" and self.vision_depth not in (None, self.resolved_text_depth):
+            raise ValueError(
+                f"`fusion`='text_to_vision' derives every vision layer's prompts from the text prompts of that layer, "
+                f"so `vision_depth` ({self.vision_depth}) must equal the text depth ({self.resolved_text_depth})."
             )
 
     @property
     def resolved_text_depth(self) -> int:
-        """The number of text layers that get prompts (`text_depth`, else `depth`)."""
+        """The number of text layers that get prompts (`text_depth`, else `depth`; 0 without text prompts)."""
+        if not self.text_prompts:
+            return 0
         return self.depth if self.text_depth is None else self.text_depth
 
     @property
     def resolved_vision_depth(self) -> int:
-        """The number of vision layers that get prompts (`vision_depth`, else `depth`)."""
+        """The number of vision layers that get prompts (`vision_depth`, else `depth`; 0 without vision prompts)."""
+        if not self.vision_prompts:
+            return 0
+        if self.fusion == "text_to_vision":
+            return self.resolved_text_depth
         return self.depth if self.vision_depth is None else self.vision_depth
 
     @property
     def resolved_vision_n_ctx(self) -> int:
         """The number of visual prompt tokens per layer (`vision_n_ctx`, else `n_ctx`)."""
         return self.n_ctx if self.vision_n_ctx is None else self.vision_n_ctx
+
+    @classmethod
+    def for_method(cls, method: str, **overrides) -> MuDPTConfig:
+        """A config for one of the prompt-learning methods, with its paper's defaults; `overrides` replace any field.
+
+        | method | towers | coupling | depth | n_ctx |
+        | --- | --- | --- | --- | --- |
+        | `"coop"` | text | none | 1 | 16 (4 with `ctx_init`) |
+        | `"vpt"` | vision | none | 9 | 2 |
+        | `"ivlp"` | both | none | 9 | 2 |
+        | `"maple"` | both | text_to_vision | 9 | 2 |
+        | `"mudpt"` | both | injection | 9 | 2 |
+        | `"mudpt-linear"` | both | linear | 9 | 2 |
+        | `"cross-attention"` | both | cross_attention | 9 | 2 |
+
+        Args:
+            method (`str`): One of the names above (case-insensitive; `_` and `-` are interchangeable).
+            **overrides: Any [`MuDPTConfig`] field.
+
+        Example:
+
+            ```py
+            >>> config = MuDPTConfig.for_method("maple", ctx_init="a photo of a")
+            ```
+        """
+        key = method.lower().replace("_", "-")
+        if key not in METHOD_PRESETS:
+            raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHOD_PRESETS)}.")
+        settings = dict(METHOD_PRESETS[key])
+        if (
+            key == "coop"
+            and "n_ctx" not in overrides
+            and (overrides.get("ctx_init") or overrides.get("ctx_init_token_ids"))
+        ):
+            settings["n_ctx"] = 4
+        settings.update(overrides)
+        return cls(**settings)
+
+
+#: The settings of each named method (see [`MuDPTConfig.for_method`]).
+METHOD_PRESETS: dict[str, dict] = {
+    "coop": {"text_prompts": True, "vision_prompts": False, "fusion": "none", "depth": 1, "n_ctx": 16},
+    "vpt": {"text_prompts": False, "vision_prompts": True, "fusion": "none", "depth": 9, "n_ctx": 2},
+    "ivlp": {"fusion": "none", "depth": 9, "n_ctx": 2},
+    "maple": {"fusion": "text_to_vision", "depth": 9, "n_ctx": 2},
+    "mudpt": {"fusion": "injection", "depth": 9, "n_ctx": 2},
+    "mudpt-linear": {"fusion": "linear", "depth": 9, "n_ctx": 2},
+    "cross-attention": {"fusion": "cross_attention", "depth": 9, "n_ctx": 2},
+}

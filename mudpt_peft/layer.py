@@ -19,7 +19,6 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .families import FamilySpec
-from .injection import InjectionModel
 
 
 class PromptSlot:
@@ -115,14 +114,18 @@ class MuDPTLayer(nn.Module, BaseTunerLayer):
 
 
 class MuDPTTower(MuDPTLayer):
-    """Wraps a tower; owns its prompts (`mudpt_prompts`) and the Injection Model feeding into them (`mudpt_injection`).
+    """Wraps a tower; owns its learned prompts (`mudpt_prompts`) and the fusion feeding into them (`mudpt_fusion`).
+
+    An adapter prompts this tower when it has a fusion module here (a parameter-free [`NoFusion`] for uncoupled
+    prompts). Its learned prompts are absent when the method derives them from the other tower (MaPLe's vision
+    prompts).
 
     Args:
         base_layer (`nn.Module`): The tower.
         spec ([`FamilySpec`]): The family spec of the model.
     """
 
-    adapter_layer_names = ("mudpt_prompts", "mudpt_injection")
+    adapter_layer_names = ("mudpt_prompts", "mudpt_fusion")
     #: Index of the first prompt token in this tower's sequence, or `None` for the last tokens.
     prompt_start: int | None = None
 
@@ -130,7 +133,7 @@ class MuDPTTower(MuDPTLayer):
         super().__init__(base_layer, PromptSlot())
         self.spec = spec
         self.mudpt_prompts = nn.ParameterDict()
-        self.mudpt_injection = nn.ModuleDict()
+        self.mudpt_fusion = nn.ModuleDict()
         self.partner: MuDPTTower | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -142,65 +145,43 @@ class MuDPTTower(MuDPTLayer):
     def update_layer(
         self,
         adapter_name: str,
-        prompts: torch.Tensor,
-        injection: InjectionModel | None,
+        prompts: torch.Tensor | None,
+        fusion: nn.Module,
         inference_mode: bool = False,
     ) -> None:
-        """Add an adapter: its learned `prompts` `(depth, n_ctx, width)` and the `injection` from the other tower."""
-        self.mudpt_prompts[adapter_name] = nn.Parameter(prompts)
-        if injection is not None:
-            self.mudpt_injection[adapter_name] = injection
+        """Add an adapter: its learned `prompts` `(depth, n_ctx, width)` (or `None`) and its `fusion` module."""
+        if prompts is not None:
+            self.mudpt_prompts[adapter_name] = nn.Parameter(prompts)
+        self.mudpt_fusion[adapter_name] = fusion
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     def prompting_adapter(self) -> str | None:
         """The adapter whose prompts this tower uses now, or `None` (adapters disabled, or none active here)."""
         if self.disable_adapters:
             return None
-        active = [name for name in self.active_adapters if name in self.mudpt_prompts]
+        active = [name for name in self.active_adapters if name in self.mudpt_fusion]
         if len(active) > 1:
             raise ValueError(
                 f"MuDPT uses one adapter at a time, but {active} are active: call `model.set_adapter(<name>)`."
             )
         return active[0] if active else None
 
-    def injection_source(self, adapter_name: str) -> torch.Tensor | None:
-        """The other tower's learned prompts of `adapter_name` that feed this tower's Injection Model."""
-        if adapter_name not in self.mudpt_injection or self.partner is None:
-            return None
-        return self.partner.mudpt_prompts[adapter_name] if adapter_name in self.partner.mudpt_prompts else None
+    def learned_prompts(self, adapter_name: str) -> torch.Tensor | None:
+        """This tower's learned prompts of `adapter_name`, `(depth, n_ctx, width)`, or `None`."""
+        return self.mudpt_prompts[adapter_name] if adapter_name in self.mudpt_prompts else None
 
     def used_prompts(self, adapter_name: str) -> torch.Tensor:
-        """The prompts this tower uses for `adapter_name`: learned prompts plus injection, `(depth, n_ctx, width)`."""
-        raise NotImplementedError
-
-    def _run(self, adapter_name: str | None, call: Any) -> Any:
-        if adapter_name is None:
-            return call()
-        with self.slot.filled(self.used_prompts(adapter_name), self.prompt_start):
-            return call()
+        """The prompts this tower uses for `adapter_name` (learned prompts and fusion), `(depth, n_ctx, width)`."""
+        other = self.partner.learned_prompts(adapter_name) if self.partner is not None else None
+        return self.mudpt_fusion[adapter_name](self.learned_prompts(adapter_name), other)
 
 
 class MuDPTTextTower(MuDPTTower):
-    """The text tower wrapper: inserts `n_ctx` prompt tokens after BOS (widening ids, mask and position ids).
-
-    The injection from the vision prompts reaches the deep text prompts only: `text_0 = T_0`, and
-    `text_j = T_j + V2T(V)_j` for the layers `1 <= j < depth` that both towers prompt.
-    """
+    """The text tower wrapper: inserts `n_ctx` prompt tokens after BOS (widening ids, mask and position ids)."""
 
     def __init__(self, base_layer: nn.Module, spec: FamilySpec) -> None:
         super().__init__(base_layer, spec)
         self.prompt_start = spec.text_prompt_start
-
-    def used_prompts(self, adapter_name: str) -> torch.Tensor:
-        prompts = self.mudpt_prompts[adapter_name]
-        source = self.injection_source(adapter_name)
-        if source is None:
-            return prompts
-        common = min(prompts.shape[0], source.shape[0])
-        if common <= 1:
-            return prompts
-        injected = self.mudpt_injection[adapter_name](source[1:common]).to(prompts.dtype)
-        return torch.cat([prompts[:1], prompts[1:common] + injected, prompts[common:]], dim=0)
 
     def forward(
         self,
@@ -210,37 +191,29 @@ class MuDPTTextTower(MuDPTTower):
         **kwargs: Any,
     ) -> Any:
         adapter_name = self.prompting_adapter()
-        if adapter_name is not None:
-            n_ctx = self.mudpt_prompts[adapter_name].shape[1]
-            input_ids, attention_mask, position_ids = self.spec.widen_text_inputs(
-                self.base_layer, n_ctx, input_ids, attention_mask, position_ids
-            )
-        return self._run(
-            adapter_name,
-            lambda: self.base_layer(
+        if adapter_name is None:
+            return self.base_layer(
                 input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
-            ),
+            )
+        prompts = self.used_prompts(adapter_name)
+        input_ids, attention_mask, position_ids = self.spec.widen_text_inputs(
+            self.base_layer, prompts.shape[1], input_ids, attention_mask, position_ids
         )
+        with self.slot.filled(prompts, self.prompt_start):
+            return self.base_layer(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            )
 
 
 class MuDPTVisionTower(MuDPTTower):
-    """The vision tower wrapper: its prompts are appended after the patch tokens.
-
-    The injection from the text prompts reaches every vision layer: `vision_j = V_j + T2V(T)_j` for the layers
-    `0 <= j < depth` that both towers prompt.
-    """
-
-    def used_prompts(self, adapter_name: str) -> torch.Tensor:
-        prompts = self.mudpt_prompts[adapter_name]
-        source = self.injection_source(adapter_name)
-        if source is None:
-            return prompts
-        common = min(prompts.shape[0], source.shape[0])
-        injected = self.mudpt_injection[adapter_name](source[:common]).to(prompts.dtype)
-        return torch.cat([prompts[:common] + injected, prompts[common:]], dim=0)
+    """The vision tower wrapper: its prompts are appended after the patch tokens."""
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self._run(self.prompting_adapter(), lambda: self.base_layer(*args, **kwargs))
+        adapter_name = self.prompting_adapter()
+        if adapter_name is None:
+            return self.base_layer(*args, **kwargs)
+        with self.slot.filled(self.used_prompts(adapter_name), self.prompt_start):
+            return self.base_layer(*args, **kwargs)
 
 
 class MuDPTTextTokenEmbedding(MuDPTLayer):

@@ -19,7 +19,7 @@ from torch import nn
 from ._registration import MUDPT_PREFIX
 from .config import MuDPTConfig
 from .families import FamilySpec, get_family_spec
-from .injection import InjectionModel
+from .fusion import CrossAttentionFusion, InjectionFusion, LinearFusion, NoFusion, TextToVisionFusion
 from .layer import (
     MuDPTDeepPromptLayer,
     MuDPTLayer,
@@ -104,24 +104,18 @@ class MuDPTModel(BaseTuner):
         init_ids = _resolve_ctx_init(config, model, spec)  # may set n_ctx from the word count
         geometry = _validate_against_model(config, model, spec)
 
-        text_tower, vision_tower = self._wrap_towers(model, spec)
-        first_adapter = not text_tower.mudpt_prompts and not vision_tower.mudpt_prompts
+        towers = self._wrap_towers(model, spec, config)
+        first_adapter = not any(tower.mudpt_fusion for tower in towers.values())
         requires_grad_before = {} if first_adapter else {id(p): p.requires_grad for p in model.parameters()}
 
-        text_prompts, vision_prompts = _init_prompts(config, geometry, text_tower, vision_tower, init_ids)
-        # V2T feeds the deep text prompts only (text layer 0 gets no injection): without a common deep layer it
-        # would be a parameter that never receives a gradient (and breaks DDP without find_unused_parameters)
-        common_depth = min(config.resolved_text_depth, config.resolved_vision_depth)
-        v2t = (
-            _make_injection(config, geometry["vision_width"], geometry["text_width"], text_tower)
-            if common_depth > 1
-            else None
-        )
-        t2v = _make_injection(config, geometry["text_width"], geometry["vision_width"], vision_tower)
-        text_tower.update_layer(adapter_name, text_prompts, v2t, inference_mode=config.inference_mode)
-        vision_tower.update_layer(adapter_name, vision_prompts, t2v, inference_mode=config.inference_mode)
-        self._wrap_deep_layers(text_tower, spec.text_layers, config.resolved_text_depth)
-        self._wrap_deep_layers(vision_tower, spec.vision_layers, config.resolved_vision_depth)
+        learned = _init_prompts(config, geometry, towers, init_ids)
+        fusions = _make_fusions(config, geometry, towers)
+        for modality, tower in towers.items():
+            tower.update_layer(adapter_name, learned[modality], fusions[modality], inference_mode=config.inference_mode)
+        if "text" in towers:
+            self._wrap_deep_layers(towers["text"], spec.text_layers, config.resolved_text_depth)
+        if "vision" in towers:
+            self._wrap_deep_layers(towers["vision"], spec.vision_layers, config.resolved_vision_depth)
 
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
         if first_adapter:
@@ -134,13 +128,19 @@ class MuDPTModel(BaseTuner):
             name for name, module in model.named_modules() if isinstance(module, MuDPTLayer)
         )
 
-    def _wrap_towers(self, model: nn.Module, spec: FamilySpec) -> tuple[MuDPTTextTower, MuDPTVisionTower]:
-        text_tower = _wrap(model, spec.text_tower, lambda base: MuDPTTextTower(base, spec))
-        vision_tower = _wrap(model, spec.vision_tower, lambda base: MuDPTVisionTower(base, spec))
-        text_tower.partner, vision_tower.partner = vision_tower, text_tower
-        _wrap(text_tower.base_layer, spec.text_token_embedding, lambda b: MuDPTTextTokenEmbedding(b, text_tower.slot))
-        _wrap(vision_tower.base_layer, spec.vision_embeddings, lambda b: MuDPTVisionEmbeddings(b, vision_tower.slot))
-        return text_tower, vision_tower
+    def _wrap_towers(self, model: nn.Module, spec: FamilySpec, config: MuDPTConfig) -> dict[str, MuDPTTower]:
+        """Wrap the towers this adapter prompts (and their input embeddings); return them by modality."""
+        towers: dict[str, MuDPTTower] = {}
+        if config.text_prompts:
+            text = towers["text"] = _wrap(model, spec.text_tower, lambda base: MuDPTTextTower(base, spec))
+            _wrap(text.base_layer, spec.text_token_embedding, lambda b: MuDPTTextTokenEmbedding(b, text.slot))
+        if config.vision_prompts:
+            vision = towers["vision"] = _wrap(model, spec.vision_tower, lambda base: MuDPTVisionTower(base, spec))
+            _wrap(vision.base_layer, spec.vision_embeddings, lambda b: MuDPTVisionEmbeddings(b, vision.slot))
+        text, vision = model.get_submodule(spec.text_tower), model.get_submodule(spec.vision_tower)
+        if isinstance(text, MuDPTTower) and isinstance(vision, MuDPTTower):
+            text.partner, vision.partner = vision, text
+        return towers
 
     @staticmethod
     def _wrap_deep_layers(tower: MuDPTTower, layers_path: str, depth: int) -> None:
@@ -182,7 +182,7 @@ class MuDPTModel(BaseTuner):
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        """Drop the adapter name that follows a `mudpt_*` container, e.g. `mudpt_injection.default.proj.weight`."""
+        """Drop the adapter name that follows a `mudpt_*` container, e.g. `mudpt_fusion.default.proj.weight`."""
         return re.sub(rf"(\.{re.escape(MUDPT_PREFIX)}[A-Za-z0-9_]+)\.{re.escape(adapter_name)}(?=\.|$)", r"\1", key)
 
     @classmethod
@@ -263,16 +263,17 @@ def _validate_against_model(config: MuDPTConfig, model: nn.Module, spec: FamilyS
                 f"`{field_name}`={depth} is larger than the {tower} tower's {geometry[f'{tower}_layers']} layers; "
                 f"allowed: 1..{geometry[f'{tower}_layers']}."
             )
-    for source in ("text", "vision"):
-        width = geometry[f"{source}_width"]
+    uses_heads = config.fusion == "cross_attention" or (config.fusion == "injection" and config.injection_layers > 0)
+    for modality in ("text", "vision") if uses_heads else ():
+        width = geometry[f"{modality}_width"]
         heads = config.injection_heads or _default_heads(width)
-        if config.injection_layers > 0 and width % heads != 0:
+        if width % heads != 0:
             raise ValueError(
-                f"`injection_heads`={heads} does not divide the {source} width {width}; choose a head count that "
+                f"`injection_heads`={heads} does not divide the {modality} width {width}; choose a head count that "
                 f"divides both widths ({geometry['text_width']} and {geometry['vision_width']})."
             )
     max_positions = spec.text_config(model).max_position_embeddings
-    if config.n_ctx + spec.text_prompt_start + 1 > max_positions:
+    if config.text_prompts and config.n_ctx + spec.text_prompt_start + 1 > max_positions:
         raise ValueError(
             f"`n_ctx`={config.n_ctx} leaves no room for text in the text tower's {max_positions} positions; "
             f"allowed: 1..{max_positions - spec.text_prompt_start - 1}."
@@ -331,60 +332,83 @@ def _tokenize_ctx_init(config: MuDPTConfig, model: nn.Module) -> None:
     config.ctx_init_token_ids = token_ids
 
 
-def _reference_parameter(module: nn.Module) -> torch.Tensor:
-    return next(p for p in module.parameters() if p.is_floating_point())
+def _factory(tower: MuDPTTower) -> dict[str, Any]:
+    """Device and dtype of the tower's weights, for the adapter tensors created in it."""
+    reference = next(p for p in tower.base_layer.parameters() if p.is_floating_point())
+    return {"device": reference.device, "dtype": reference.dtype}
 
 
 def _init_prompts(
     config: MuDPTConfig,
     geometry: dict[str, int],
-    text_tower: MuDPTTower,
-    vision_tower: MuDPTTower,
+    towers: dict[str, MuDPTTower],
     init_ids: list[int] | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    text_ref = _reference_parameter(text_tower.base_layer)
-    vision_ref = _reference_parameter(vision_tower.base_layer)
-    text_prompts = torch.empty(
-        config.resolved_text_depth, config.n_ctx, geometry["text_width"], device=text_ref.device, dtype=text_ref.dtype
-    )
-    vision_prompts = torch.empty(
-        config.resolved_vision_depth,
-        config.resolved_vision_n_ctx,
-        geometry["vision_width"],
-        device=vision_ref.device,
-        dtype=vision_ref.dtype,
-    )
-    with torch.no_grad():
-        nn.init.normal_(text_prompts, std=config.prompt_init_std)
-        nn.init.normal_(vision_prompts, std=config.prompt_init_std)
-        if init_ids is not None:
-            embedding = text_tower.base_layer.get_submodule(text_tower.spec.text_token_embedding)
-            weight = embedding.get_base_layer().weight
-            vocab = weight.shape[0]
-            if max(init_ids) >= vocab:
-                raise ValueError(
-                    f"`ctx_init_token_ids` {init_ids} contain ids outside the vocabulary of {vocab} tokens."
-                )
-            ids = torch.tensor(init_ids, device=weight.device)
-            text_prompts[0] = weight[ids].to(text_prompts.dtype)
-    return text_prompts, vision_prompts
+) -> dict[str, torch.Tensor | None]:
+    """The initial learned prompts of each prompted tower (`None` where the method derives them)."""
+    shapes = {
+        "text": (config.resolved_text_depth, config.n_ctx, geometry["text_width"]),
+        "vision": (config.resolved_vision_depth, config.resolved_vision_n_ctx, geometry["vision_width"]),
+    }
+    learned: dict[str, torch.Tensor | None] = {}
+    for modality, tower in towers.items():
+        if modality == "vision" and config.fusion == "text_to_vision":
+            learned[modality] = None
+            continue
+        prompts = torch.empty(shapes[modality], **_factory(tower))
+        with torch.no_grad():
+            nn.init.normal_(prompts, std=config.prompt_init_std)
+            if modality == "text" and init_ids is not None:
+                embedding = tower.base_layer.get_submodule(tower.spec.text_token_embedding).get_base_layer()
+                prompts[0] = embedding.weight[torch.tensor(init_ids, device=embedding.weight.device)].to(prompts.dtype)
+        learned[modality] = prompts
+    return learned
 
 
-def _make_injection(
-    config: MuDPTConfig, source_width: int, target_width: int, target_tower: MuDPTTower
-) -> InjectionModel:
-    reference = _reference_parameter(target_tower.base_layer)
-    return InjectionModel(
-        source_width=source_width,
-        target_width=target_width,
-        num_layers=config.injection_layers,
-        num_heads=config.injection_heads or _default_heads(source_width),
-        mlp_ratio=config.injection_mlp_ratio,
-        dropout=config.injection_dropout,
-        init_std=config.prompt_init_std,
-        device=reference.device,
-        dtype=reference.dtype,
-    )
+def _make_fusions(config: MuDPTConfig, geometry: dict[str, int], towers: dict[str, MuDPTTower]) -> dict[str, nn.Module]:
+    """The fusion module of each prompted tower, for `config.fusion` (see `mudpt_peft.fusion`)."""
+    if config.fusion == "none":
+        return {modality: NoFusion() for modality in towers}
+    widths = {"text": geometry["text_width"], "vision": geometry["vision_width"]}
+    # text layer 0 is never fused (except by cross-attention); without a shared deep layer the text side has nothing
+    # to fuse, and a parameter that never receives a gradient would also break DDP without find_unused_parameters
+    shared_deep = min(config.resolved_text_depth, config.resolved_vision_depth) > 1
+    fusions: dict[str, nn.Module] = {}
+    for target, source in (("text", "vision"), ("vision", "text")):
+        factory = _factory(towers[target])
+        source_width, target_width = widths[source], widths[target]
+        if config.fusion == "injection":
+            if target == "text" and not shared_deep:
+                fusions[target] = NoFusion()
+                continue
+            fusion = InjectionFusion(
+                skip_first=target == "text",
+                source_width=source_width,
+                target_width=target_width,
+                num_layers=config.injection_layers,
+                num_heads=config.injection_heads or _default_heads(source_width),
+                mlp_ratio=config.injection_mlp_ratio,
+                dropout=config.injection_dropout,
+                init_std=config.prompt_init_std,
+                **factory,
+            )
+        elif config.fusion == "linear":
+            if target == "text" and not shared_deep:
+                fusions[target] = NoFusion()
+                continue
+            fusion = LinearFusion(
+                source_width, target_width, fuse_first=target == "vision", fuse_deep=shared_deep, **factory
+            )
+        elif config.fusion == "text_to_vision":
+            fusion = (
+                NoFusion()
+                if target == "text"
+                else TextToVisionFusion(source_width, target_width, config.resolved_vision_depth, **factory)
+            )
+        else:  # cross_attention
+            heads = config.injection_heads or _default_heads(target_width)
+            fusion = CrossAttentionFusion(target_width, source_width, heads, config.injection_dropout, **factory)
+        fusions[target] = fusion
+    return fusions
 
 
 def _discard_adapter(model: nn.Module, adapter_name: str) -> None:

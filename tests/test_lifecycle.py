@@ -41,11 +41,11 @@ def hooks_of(model) -> list[tuple[str, int, int, int]]:
 def test_only_prompts_and_injection_are_trainable(clip, inputs, capsys, depth):
     model = get_peft_model(clip, MuDPTConfig(depth=depth))
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(".mudpt_prompts." in n or ".mudpt_injection." in n for n in trainable)
+    assert trainable and all(".mudpt_prompts." in n or ".mudpt_fusion." in n for n in trainable)
     assert any(".text_model.mudpt_prompts." in n for n in trainable)
-    assert any(".vision_model.mudpt_injection." in n for n in trainable)
+    assert any(".vision_model.mudpt_fusion." in n for n in trainable)
     # depth 1: text layer 0 gets no injection, so there is no V2T model that could never receive a gradient
-    assert any(".text_model.mudpt_injection." in n for n in trainable) == (depth > 1)
+    assert any(".text_model.mudpt_fusion." in n for n in trainable) == (depth > 1)
     count = sum(p.numel() for n, p in model.named_parameters() if n in trainable)
     model.print_trainable_parameters()
     assert f"trainable params: {count:,}" in capsys.readouterr().out
@@ -147,10 +147,10 @@ def test_loading_an_incomplete_checkpoint_fails(tmp_path):
     model = get_peft_model(make_clip(), MuDPTConfig(depth=2))
     model.save_pretrained(tmp_path)
     tensors = load_file(tmp_path / "adapter_model.safetensors")
-    del tensors["base_model.model.vision_model.mudpt_injection.proj.weight"]
+    del tensors["base_model.model.vision_model.mudpt_fusion.proj.weight"]
     save_file(tensors, tmp_path / "adapter_model.safetensors")
     for kwargs in ({}, {"low_cpu_mem_usage": True}):
-        with pytest.raises(ValueError, match=r"missing tensors.*vision_model\.mudpt_injection\.proj\.weight"):
+        with pytest.raises(ValueError, match=r"missing tensors.*vision_model\.mudpt_fusion\.proj\.weight"):
             PeftModel.from_pretrained(make_clip(), tmp_path, **kwargs)
 
 

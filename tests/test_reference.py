@@ -112,10 +112,10 @@ def ref_fused_prompts(clip: CLIPModel, peft_config, adapter: str = ADAPTER, fuse
     vision = vision_raw.clone()
     text = text_raw.clone()
     if fuse:
-        t2v = ref_injection(text_raw[:common], clip.vision_model.mudpt_injection[adapter], t2v_heads)
+        t2v = ref_injection(text_raw[:common], clip.vision_model.mudpt_fusion[adapter], t2v_heads)
         vision[:common] = vision_raw[:common] + t2v
         if common > 1:
-            v2t = ref_injection(vision_raw[1:common], clip.text_model.mudpt_injection[adapter], v2t_heads)
+            v2t = ref_injection(vision_raw[1:common], clip.text_model.mudpt_fusion[adapter], v2t_heads)
             text[1:common] = text_raw[1:common] + v2t
     return text, vision
 
@@ -209,7 +209,7 @@ def randomize_adapter(model: torch.nn.Module, seed: int = 123) -> None:
         for name, p in model.named_parameters():
             if "mudpt_prompts" in name:
                 p.copy_(torch.randn(p.shape, generator=gen))
-            elif "mudpt_injection" in name:
+            elif "mudpt_fusion" in name:
                 p.add_(0.3 * torch.randn(p.shape, generator=gen))
 
 
@@ -292,11 +292,11 @@ def test_wrapped_matches_reference(case, dtype):
     vision_depth = kwargs.get("vision_depth", kwargs["depth"])
     assert clip.text_model.mudpt_prompts[ADAPTER].shape == (text_depth, kwargs["n_ctx"], 32)
     assert clip.vision_model.mudpt_prompts[ADAPTER].shape == (vision_depth, kwargs["n_ctx"], 48)
-    assert len(clip.vision_model.mudpt_injection[ADAPTER].blocks) == cfg.injection_layers
+    assert len(clip.vision_model.mudpt_fusion[ADAPTER].blocks) == cfg.injection_layers
     if min(text_depth, vision_depth) > 1:
-        assert len(clip.text_model.mudpt_injection[ADAPTER].blocks) == cfg.injection_layers
+        assert len(clip.text_model.mudpt_fusion[ADAPTER].blocks) == cfg.injection_layers
     else:  # no deep layer shared by both towers: the V2T model would be unused, and is not created
-        assert ADAPTER not in clip.text_model.mudpt_injection
+        assert not list(clip.text_model.mudpt_fusion[ADAPTER].parameters())
 
     randomize_adapter(model)
     model.to(dtype)

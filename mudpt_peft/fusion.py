@@ -1,0 +1,183 @@
+"""How one tower's prompts are coupled to the other tower's: the fusion modules of each method.
+
+A fusion module belongs to a *target* tower. Given that tower's learned prompts `own` (or `None` when the method
+derives them entirely from the other tower) and the other tower's learned prompts `other` (or `None`), both of shape
+`(depth, n_ctx, width)`, it returns the prompts the target tower uses. The methods:
+
+| fusion | text tower uses | vision tower uses |
+| --- | --- | --- |
+| `"none"` (IVLP, CoOp, VPT) | `T_j` | `V_j` |
+| `"injection"` (MuDPT, `uumudpt.py`) | `T_0`; `T_j + V2T(V)_j`, `j >= 1` | `V_j + T2V(T)_j` |
+| `"linear"` (MuDPT, `mudpt.py`) | `T_0`; `T_j + L_v2t(V_j)`, `j >= 1` | `V_0 + L_s(T_0)`; `V_j + L_d(T_j)`, `j >= 1` |
+| `"text_to_vision"` (MaPLe) | `T_j` | `Linear_j(T_j)` (no own vision prompts) |
+| `"cross_attention"` | `T_j + CrossAttn(q=T_j, kv=V_j)` | `V_j + CrossAttn(q=V_j, kv=T_j)` |
+
+Coupling applies to the layers both towers prompt (`j < min(text_depth, vision_depth)`); deeper layers use their
+learned prompts alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .injection import InjectionModel
+
+FUSIONS = ("injection", "linear", "text_to_vision", "none", "cross_attention")
+
+
+def _add_to_layers(own: torch.Tensor, delta: torch.Tensor, start: int) -> torch.Tensor:
+    """`own` with `delta` added to layers `start .. start + len(delta) - 1`."""
+    stop = start + delta.shape[0]
+    return torch.cat([own[:start], own[start:stop] + delta.to(own.dtype), own[stop:]], dim=0)
+
+
+class NoFusion(nn.Module):
+    """The tower uses its learned prompts as they are (IVLP, CoOp, VPT, and MaPLe's text tower)."""
+
+    def forward(self, own: torch.Tensor, other: torch.Tensor | None) -> torch.Tensor:
+        """Return `own`."""
+        return own
+
+
+class InjectionFusion(InjectionModel):
+    """MuDPT's Injection Model feeding a target tower (see [`InjectionModel`]).
+
+    Args:
+        skip_first (`bool`): Leave layer 0 alone and read only the other tower's deep prompts (the text tower in
+            the official UUMuDPT code).
+        **kwargs: The [`InjectionModel`] arguments.
+    """
+
+    def __init__(self, *, skip_first: bool, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.skip_first = skip_first
+
+    def forward(self, own: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """Add the injection of `other`'s layers to `own`'s layers of the same index."""
+        start = 1 if self.skip_first else 0
+        common = min(own.shape[0], other.shape[0])
+        if common <= start:
+            return own
+        return _add_to_layers(own, super().forward(other[start:common]), start)
+
+
+class LinearFusion(nn.Module):
+    """The official `mudpt.py` variant: linear maps shared by all layers of one role.
+
+    The vision tower gets `layer0` (text layer 0 -> vision layer 0) and `deep` (text layer j -> vision layer j,
+    `j >= 1`); the text tower gets `deep` only (vision layer j -> text layer j, `j >= 1`; text layer 0 is not fused).
+
+    Args:
+        source_width (`int`): Width of the other tower's prompts.
+        target_width (`int`): Width of this tower's prompts.
+        fuse_first (`bool`): Whether layer 0 is fused (with its own linear map `layer0`).
+        fuse_deep (`bool`): Whether the deep layers are fused (with the shared linear map `deep`).
+    """
+
+    def __init__(
+        self,
+        source_width: int,
+        target_width: int,
+        fuse_first: bool,
+        fuse_deep: bool,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.layer0 = nn.Linear(source_width, target_width, **factory) if fuse_first else None
+        self.deep = nn.Linear(source_width, target_width, **factory) if fuse_deep else None
+
+    def forward(self, own: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """Add the mapped `other` prompts to `own`, layer by layer."""
+        common = min(own.shape[0], other.shape[0])
+        parts = []
+        if self.layer0 is not None:
+            parts.append(self.layer0(other[:1]))
+        if self.deep is not None and common > 1:
+            parts.append(self.deep(other[1:common]))
+        if not parts:
+            return own
+        return _add_to_layers(own, torch.cat(parts, dim=0), 0 if self.layer0 is not None else 1)
+
+
+class TextToVisionFusion(nn.Module):
+    """MaPLe's coupling: the vision prompts of layer j are `Linear_j(T_j)`; there are no independent vision prompts.
+
+    Args:
+        source_width (`int`): Width of the text prompts.
+        target_width (`int`): Width of the vision prompts.
+        depth (`int`): Number of prompted layers (one linear map each).
+    """
+
+    def __init__(
+        self,
+        source_width: int,
+        target_width: int,
+        depth: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.projections = nn.ModuleList(
+            nn.Linear(source_width, target_width, device=device, dtype=dtype) for _ in range(depth)
+        )
+
+    def forward(self, own: torch.Tensor | None, other: torch.Tensor) -> torch.Tensor:
+        """Map each text layer's prompts with its own linear map."""
+        return torch.stack([projection(other[j]) for j, projection in enumerate(self.projections)], dim=0)
+
+
+class CrossAttentionFusion(nn.Module):
+    """Cross-modal attention: `own_j + Attn(q=LN(own_j), k=v=LN(other_j))`, per layer j.
+
+    Keys and values come from the other tower (their width projected to this tower's); the output projection starts
+    at zero, so training starts from the uncoupled prompts.
+
+    Args:
+        target_width (`int`): Width of this tower's prompts (queries and output).
+        source_width (`int`): Width of the other tower's prompts (keys and values).
+        num_heads (`int`): Attention heads; must divide `target_width`.
+        dropout (`float`): Dropout on the attention weights.
+    """
+
+    def __init__(
+        self,
+        target_width: int,
+        source_width: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if target_width % num_heads != 0:
+            raise ValueError(f"The width {target_width} is not divisible by the number of heads {num_heads}.")
+        factory = {"device": device, "dtype": dtype}
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.ln_query = nn.LayerNorm(target_width, **factory)
+        self.ln_context = nn.LayerNorm(source_width, **factory)
+        self.query = nn.Linear(target_width, target_width, **factory)
+        self.key_value = nn.Linear(source_width, 2 * target_width, **factory)
+        self.out_proj = nn.Linear(target_width, target_width, **factory)
+        nn.init.zeros_(self.out_proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, own: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """Add the attention of `own`'s tokens over `other`'s tokens of the same layer."""
+        common = min(own.shape[0], other.shape[0])
+        queries, context = own[:common], other[:common].to(own.dtype)
+        layers, tokens, width = queries.shape
+        head_dim = width // self.num_heads
+        q = self.query(self.ln_query(queries)).view(layers, tokens, self.num_heads, head_dim).transpose(1, 2)
+        k, v = (
+            self.key_value(self.ln_context(context))
+            .view(layers, context.shape[1], 2, self.num_heads, head_dim)
+            .permute(2, 0, 3, 1, 4)
+        )
+        attended = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        delta = self.out_proj(attended.transpose(1, 2).reshape(layers, tokens, width))
+        return _add_to_layers(own, delta, 0)
