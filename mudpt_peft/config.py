@@ -198,7 +198,7 @@ class MuDPTConfig(PeftConfig):
         | method | towers | coupling | depth | n_ctx |
         | --- | --- | --- | --- | --- |
         | `"coop"` | text | none | 1 | 16 (4 with `ctx_init`) |
-        | `"vpt"` | vision | none | 9 | 2 |
+        | `"vpt"` | vision | none | 12 | 8 (`vision_n_ctx`) |
         | `"ivlp"` | both | none | 9 | 2 |
         | `"maple"` | both | text_to_vision | 9 | 2 |
         | `"mudpt"` | both | injection | 9 | 2 |
@@ -232,7 +232,7 @@ class MuDPTConfig(PeftConfig):
 #: The settings of each named method (see [`MuDPTConfig.for_method`]).
 METHOD_PRESETS: dict[str, dict] = {
     "coop": {"text_prompts": True, "vision_prompts": False, "fusion": "none", "depth": 1, "n_ctx": 16},
-    "vpt": {"text_prompts": False, "vision_prompts": True, "fusion": "none", "depth": 9, "n_ctx": 2},
+    "vpt": {"text_prompts": False, "vision_prompts": True, "fusion": "none", "depth": 12, "vision_n_ctx": 8},
     "ivlp": {"fusion": "none", "depth": 9, "n_ctx": 2},
     "maple": {"fusion": "text_to_vision", "depth": 9, "n_ctx": 2},
     "mudpt": {"fusion": "injection", "depth": 9, "n_ctx": 2},

@@ -8,7 +8,7 @@ derives them entirely from the other tower) and the other tower's learned prompt
 | --- | --- | --- |
 | `"none"` (IVLP, CoOp, VPT) | `T_j` | `V_j` |
 | `"injection"` (MuDPT, `uumudpt.py`) | `T_0`; `T_j + V2T(V)_j`, `j >= 1` | `V_j + T2V(T)_j` |
-| `"linear"` (MuDPT, `mudpt.py`) | `T_0`; `T_j + L_v2t(V_j)`, `j >= 1` | `V_0 + L_s(T_0)`; `V_j + L_d(T_j)`, `j >= 1` |
+| `"linear"` (MuDPT, `mudpt.py`) | `T_0`; `T_j + L^v2t_j(V_j)`, `j >= 1` | `V_0`; `V_j + L^t2v_j(T_j)`, `j >= 1` |
 | `"text_to_vision"` (MaPLe) | `T_j` | `Linear_j(T_j)` (no own vision prompts) |
 | `"cross_attention"` | `T_j + CrossAttn(q=T_j, kv=V_j)` | `V_j + CrossAttn(q=V_j, kv=T_j)` |
 
@@ -64,43 +64,34 @@ class InjectionFusion(InjectionModel):
 
 
 class LinearFusion(nn.Module):
-    """The official `mudpt.py` variant: linear maps shared by all layers of one role.
+    """The official `mudpt.py` variant: one linear map per deep layer and direction, no coupling at layer 0.
 
-    The vision tower gets `layer0` (text layer 0 -> vision layer 0) and `deep` (text layer j -> vision layer j,
-    `j >= 1`); the text tower gets `deep` only (vision layer j -> text layer j, `j >= 1`; text layer 0 is not fused).
+    `own_j + projections[j-1](other_j)` for the deep layers `1 <= j < min(depths)`; layer 0 uses the learned prompts
+    alone (the official code builds a layer-0 projection but never uses it).
 
     Args:
         source_width (`int`): Width of the other tower's prompts.
         target_width (`int`): Width of this tower's prompts.
-        fuse_first (`bool`): Whether layer 0 is fused (with its own linear map `layer0`).
-        fuse_deep (`bool`): Whether the deep layers are fused (with the shared linear map `deep`).
+        num_layers (`int`): Number of deep layers shared by both towers (one linear map each).
     """
 
     def __init__(
         self,
         source_width: int,
         target_width: int,
-        fuse_first: bool,
-        fuse_deep: bool,
+        num_layers: int,
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
-        self.layer0 = nn.Linear(source_width, target_width, **factory) if fuse_first else None
-        self.deep = nn.Linear(source_width, target_width, **factory) if fuse_deep else None
+        self.projections = nn.ModuleList(
+            nn.Linear(source_width, target_width, device=device, dtype=dtype) for _ in range(num_layers)
+        )
 
     def forward(self, own: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        """Add the mapped `other` prompts to `own`, layer by layer."""
-        common = min(own.shape[0], other.shape[0])
-        parts = []
-        if self.layer0 is not None:
-            parts.append(self.layer0(other[:1]))
-        if self.deep is not None and common > 1:
-            parts.append(self.deep(other[1:common]))
-        if not parts:
-            return own
-        return _add_to_layers(own, torch.cat(parts, dim=0), 0 if self.layer0 is not None else 1)
+        """Add each deep layer's mapped `other` prompts to `own`."""
+        delta = torch.stack([projection(other[j + 1]) for j, projection in enumerate(self.projections)], dim=0)
+        return _add_to_layers(own, delta, 1)
 
 
 class TextToVisionFusion(nn.Module):

@@ -392,12 +392,8 @@ def _make_fusions(config: MuDPTConfig, geometry: dict[str, int], towers: dict[st
                 **factory,
             )
         elif config.fusion == "linear":
-            if target == "text" and not shared_deep:
-                fusions[target] = NoFusion()
-                continue
-            fusion = LinearFusion(
-                source_width, target_width, fuse_first=target == "vision", fuse_deep=shared_deep, **factory
-            )
+            shared = min(config.resolved_text_depth, config.resolved_vision_depth)
+            fusion = LinearFusion(source_width, target_width, shared - 1, **factory) if shared_deep else NoFusion()
         elif config.fusion == "text_to_vision":
             fusion = (
                 NoFusion()
