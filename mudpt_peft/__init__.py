@@ -5,6 +5,7 @@ Importing this package registers the method with peft, so that `peft.get_peft_mo
 """
 
 from ._registration import MUDPT_PEFT_TYPE, MUDPT_PREFIX, register_mudpt
+from .classifier import PromptClassifier
 from .config import MuDPTConfig
 from .families import CLIP_SPEC, FamilySpec, get_family_spec, register_family, supported_model_classes
 from .injection import InjectionModel
@@ -22,6 +23,7 @@ __all__ = [
     "InjectionModel",
     "MuDPTConfig",
     "MuDPTModel",
+    "PromptClassifier",
     "get_family_spec",
     "register_family",
     "register_mudpt",

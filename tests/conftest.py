@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 import mudpt_peft  # noqa: F401  (registers MUDPT with peft)
 
@@ -82,3 +85,33 @@ def clip() -> CLIPModel:
 @pytest.fixture
 def inputs() -> dict[str, torch.Tensor]:
     return make_inputs()
+
+
+def make_tokenizer_files(directory: Path) -> Path:
+    """A real CLIP BPE tokenizer with a tiny vocabulary (59 tokens, ids < VOCAB_SIZE): 'a photo of a' is 4 tokens."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    merges = ["p h", "ph o", "pho t", "phot o</w>", "o f</w>"]
+    vocab = {c: i for i, c in enumerate(letters)}
+    vocab.update({c + "</w>": len(letters) + i for i, c in enumerate(letters)})
+    vocab.update({m.replace(" ", ""): 2 * len(letters) + i for i, m in enumerate(merges)})
+    vocab.update({"<|startoftext|>": 57, "<|endoftext|>": 58})
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    CLIPTokenizer.from_pretrained(directory).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path) -> Path:
+    return make_tokenizer_files(tmp_path / "tokenizer")
+
+
+@pytest.fixture
+def tokenizer(tokenizer_dir) -> CLIPTokenizer:
+    """The tiny tokenizer; its BOS/EOS ids (57/58) differ from the tiny models' config, which only matters for EOS
+    pooling: use `make_clip(eos_token_id=TOKENIZER_EOS_ID)` with it."""
+    return CLIPTokenizer.from_pretrained(tokenizer_dir)
+
+
+TOKENIZER_EOS_ID = 58

@@ -77,21 +77,6 @@ def test_unsupported_models_are_refused_with_the_supported_classes(model_class):
         get_peft_model(model, MuDPTConfig(depth=1))
 
 
-@pytest.fixture
-def tokenizer_dir(tmp_path):
-    """A real CLIP BPE tokenizer with a tiny vocabulary: 'a photo of a' is 4 tokens."""
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    merges = ["p h", "ph o", "pho t", "phot o</w>", "o f</w>"]
-    vocab = {c: i for i, c in enumerate(letters)}
-    vocab.update({c + "</w>": len(letters) + i for i, c in enumerate(letters)})
-    vocab.update({m.replace(" ", ""): 2 * len(letters) + i for i, m in enumerate(merges)})
-    vocab.update({"<|startoftext|>": 57, "<|endoftext|>": 58})
-    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    CLIPTokenizer.from_pretrained(tmp_path).save_pretrained(tmp_path)
-    return tmp_path
-
-
 def test_ctx_init_initialises_layer0_text_prompts(tokenizer_dir):
     clip = make_clip()
     config = MuDPTConfig(depth=2, n_ctx=4, ctx_init="a photo of a", tokenizer_name_or_path=str(tokenizer_dir))

@@ -1,0 +1,179 @@
+"""`PromptClassifier`: zero-shot equivalence, training re-encodes, eval caches, and the cache is dropped when needed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from peft import PeftModel, get_peft_model
+
+from mudpt_peft import MuDPTConfig, PromptClassifier
+
+from .conftest import TOKENIZER_EOS_ID, make_clip, make_inputs
+from .test_lifecycle import randomize_adapter
+
+CLASSES = ["cat", "dog", "zebra", "of"]
+
+
+def clip_for_tokenizer(**kwargs):
+    return make_clip(eos_token_id=TOKENIZER_EOS_ID, **kwargs)
+
+
+@pytest.fixture
+def pixel_values():
+    return make_inputs(batch=5)["pixel_values"]
+
+
+class CountingTextCalls:
+    """Counts `get_text_features` calls on a model (via the peft model's attribute lookup)."""
+
+    def __init__(self, model):
+        self.count = 0
+        original = model.get_text_features
+
+        def counted(*args, **kwargs):
+            self.count += 1
+            return original(*args, **kwargs)
+
+        model.get_text_features = counted
+
+
+def test_unwrapped_model_is_plain_zero_shot_clip(tokenizer, pixel_values):
+    clip = clip_for_tokenizer()
+    clf = PromptClassifier(clip, tokenizer, CLASSES, template="a photo of a {}.").eval()
+    with torch.no_grad():
+        logits = clf(pixel_values=pixel_values).logits
+        tokens = tokenizer([f"a photo of a {c}." for c in CLASSES], padding=True, return_tensors="pt")
+        text = F.normalize(clip.get_text_features(**tokens).pooler_output, dim=-1)
+        image = F.normalize(clip.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
+        expected = clip.logit_scale.exp() * image @ text.t()
+        full = clip(**tokens, pixel_values=pixel_values).logits_per_image
+    assert logits.shape == (5, 4)
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(logits, full)
+
+
+def test_class_prompts_are_padded_to_the_longest(tokenizer):
+    clf = PromptClassifier(clip_for_tokenizer(), tokenizer, ["a", "photo"], template="{}")
+    assert clf.class_input_ids.shape == (2, 3)  # BOS, word tokens, EOS: never 77
+    assert clf.class_attention_mask.tolist() == [[1, 1, 1], [1, 1, 1]]
+    clf.class_names = ["a", "of a photo"]
+    assert clf.class_input_ids.shape == (2, 5) and clf.class_attention_mask[0].tolist() == [1, 1, 1, 0, 0]
+
+
+def test_adapted_logits_and_training_reencodes(tokenizer, pixel_values):
+    model = get_peft_model(clip_for_tokenizer(), MuDPTConfig(depth=3))
+    randomize_adapter(model)
+    clf = PromptClassifier(model, tokenizer, CLASSES)
+    counter = CountingTextCalls(model)
+    clf.train()
+    out = clf(pixel_values=pixel_values, labels=torch.tensor([0, 1, 2, 3, 0]))
+    clf(pixel_values=pixel_values)
+    assert counter.count == 2  # re-encoded on every training call
+    out.loss.backward()
+    assert model.base_model.model.text_model.mudpt_prompts["default"].grad.abs().sum() > 0
+    tokens = tokenizer([f"a photo of a {c}." for c in CLASSES], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**tokens, pixel_values=pixel_values).logits_per_image
+    torch.testing.assert_close(out.logits.detach(), expected)
+    torch.testing.assert_close(out.loss, F.cross_entropy(expected, torch.tensor([0, 1, 2, 3, 0])))
+
+
+def test_eval_caches_and_the_cache_follows_every_change(tokenizer, pixel_values, tmp_path):
+    model = get_peft_model(clip_for_tokenizer(), MuDPTConfig(depth=3))
+    model.add_adapter("other", MuDPTConfig(depth=2))
+    randomize_adapter(model, "default", seed=1)
+    randomize_adapter(model, "other", seed=2)
+    clf = PromptClassifier(model, tokenizer, CLASSES).eval()
+    counter = CountingTextCalls(model)
+
+    def logits():
+        with torch.no_grad():
+            return clf(pixel_values=pixel_values).logits
+
+    first = logits()
+    assert torch.equal(logits(), first) and counter.count == 1  # cached
+
+    model.set_adapter("other")
+    other = logits()
+    assert counter.count == 2 and not torch.allclose(other, first)
+    model.set_adapter("default")
+    assert torch.equal(logits(), first) and counter.count == 3
+
+    with model.disable_adapter():
+        disabled = logits()
+        assert counter.count == 4
+    assert not torch.allclose(disabled, first)
+    assert torch.equal(logits(), first) and counter.count == 5
+
+    # an optimizer step changes the prompts in place
+    clf.train()
+    loss = clf(pixel_values=pixel_values, labels=torch.tensor([0, 1, 2, 3, 0])).loss
+    loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0).step()
+    clf.eval()
+    stepped = logits()
+    assert not torch.allclose(stepped, first)
+
+    # loading other weights into the adapter
+    model.save_pretrained(tmp_path)
+    count = counter.count
+    with torch.no_grad():  # the vision prompts feed the text prompts through V2T: the class features change
+        vision_prompts = model.base_model.model.vision_model.mudpt_prompts["default"]
+        vision_prompts.add_(torch.randn(vision_prompts.shape, generator=torch.Generator().manual_seed(0)))
+    assert not torch.allclose(logits(), stepped) and counter.count == count + 1
+    model.load_adapter(tmp_path, adapter_name="loaded")
+    model.set_adapter("loaded")
+    torch.testing.assert_close(logits(), stepped)
+
+    clf.class_names = ["dog", "cat", "zebra", "of"]
+    swapped = logits()
+    torch.testing.assert_close(swapped[:, [1, 0, 2, 3]], stepped)
+
+
+def test_cached_features_equal_fresh_ones(tokenizer, pixel_values):
+    model = get_peft_model(clip_for_tokenizer(), MuDPTConfig(depth=3))
+    randomize_adapter(model)
+    clf = PromptClassifier(model, tokenizer, CLASSES)
+    with torch.no_grad():
+        fresh = clf.train()(pixel_values=pixel_values).logits
+        cached = clf.eval()(pixel_values=pixel_values).logits
+    assert torch.equal(fresh, cached)
+
+
+def test_reloaded_adapter_classifies_identically(tokenizer, pixel_values, tmp_path):
+    model = get_peft_model(clip_for_tokenizer(), MuDPTConfig(depth=3))
+    randomize_adapter(model)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(clip_for_tokenizer(), tmp_path)
+    with torch.no_grad():
+        a = PromptClassifier(model, tokenizer, CLASSES).eval()(pixel_values=pixel_values).logits
+        b = PromptClassifier(loaded, tokenizer, CLASSES).eval()(pixel_values=pixel_values).logits
+    assert torch.equal(a, b)
+
+
+def test_bad_input_is_refused(tokenizer, pixel_values):
+    clip = clip_for_tokenizer()
+    with pytest.raises(ValueError, match="non-empty list"):
+        PromptClassifier(clip, tokenizer, [])
+    with pytest.raises(ValueError, match="must contain"):
+        PromptClassifier(clip, tokenizer, CLASSES, template="a photo")
+    clf = PromptClassifier(clip, tokenizer, CLASSES)
+    with pytest.raises(ValueError, match=r"class indices in 0\.\.3"):
+        clf(pixel_values=pixel_values, labels=torch.tensor([0, 1, 2, 3, 4]))
+    with pytest.raises(ValueError, match="image processor"):
+        clf.predict([])
+
+
+def test_predict_with_an_image_processor(tokenizer):
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    processor = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    clf = PromptClassifier(clip_for_tokenizer(), tokenizer, CLASSES, image_processor=processor).eval()
+    images = [Image.new("RGB", (20, 20), color) for color in ("red", "blue", "white")]
+    predictions = clf.predict(images, batch_size=2)
+    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = [CLASSES[i] for i in clf(pixel_values=pixel_values).logits.argmax(-1).tolist()]
+    assert predictions == expected and len(predictions) == 3
