@@ -19,10 +19,9 @@ learned prompts alone.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .injection import InjectionModel
+from .injection import InjectionModel, check_heads, multi_head_attention
 
 FUSIONS = ("injection", "linear", "text_to_vision", "none", "cross_attention")
 
@@ -144,8 +143,7 @@ class CrossAttentionFusion(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if target_width % num_heads != 0:
-            raise ValueError(f"The width {target_width} is not divisible by the number of heads {num_heads}.")
+        check_heads(target_width, num_heads)
         factory = {"device": device, "dtype": dtype}
         self.num_heads = num_heads
         self.dropout = dropout
@@ -161,14 +159,7 @@ class CrossAttentionFusion(nn.Module):
         """Add the attention of `own`'s tokens over `other`'s tokens of the same layer."""
         common = min(own.shape[0], other.shape[0])
         queries, context = own[:common], other[:common].to(own.dtype)
-        layers, tokens, width = queries.shape
-        head_dim = width // self.num_heads
-        q = self.query(self.ln_query(queries)).view(layers, tokens, self.num_heads, head_dim).transpose(1, 2)
-        k, v = (
-            self.key_value(self.ln_context(context))
-            .view(layers, context.shape[1], 2, self.num_heads, head_dim)
-            .permute(2, 0, 3, 1, 4)
-        )
-        attended = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        delta = self.out_proj(attended.transpose(1, 2).reshape(layers, tokens, width))
-        return _add_to_layers(own, delta, 0)
+        keys, values = self.key_value(self.ln_context(context)).chunk(2, dim=-1)
+        dropout = self.dropout if self.training else 0.0
+        attended = multi_head_attention(self.query(self.ln_query(queries)), keys, values, self.num_heads, dropout)
+        return _add_to_layers(own, self.out_proj(attended), 0)

@@ -8,6 +8,29 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 
+def check_heads(width: int, num_heads: int) -> None:
+    """Raise a `ValueError` unless `num_heads` divides `width`."""
+    if num_heads < 1 or width % num_heads != 0:
+        raise ValueError(f"The width {width} is not divisible by the number of heads {num_heads}.")
+
+
+def multi_head_attention(
+    queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, num_heads: int, dropout: float = 0.0
+) -> torch.Tensor:
+    """Scaled dot-product attention with `num_heads` heads, per layer: `(layers, tokens, width)` in and out.
+
+    Keys and values may have another token count than the queries; all three share the width.
+    """
+    layers, tokens, width = queries.shape
+
+    def split_heads(x: torch.Tensor) -> torch.Tensor:
+        return x.view(layers, x.shape[1], num_heads, width // num_heads).transpose(1, 2)
+
+    q, k, v = split_heads(queries), split_heads(keys), split_heads(values)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    return out.transpose(1, 2).reshape(layers, tokens, width)
+
+
 class InjectionAttention(nn.Module):
     """Multi-head self-attention over the prompt tokens of each layer (the layers are the batch axis).
 
@@ -29,8 +52,7 @@ class InjectionAttention(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if width % num_heads != 0:
-            raise ValueError(f"The width {width} is not divisible by the number of heads {num_heads}.")
+        check_heads(width, num_heads)
         self.num_heads = num_heads
         self.dropout = dropout
         self.qkv = nn.Linear(width, 3 * width, device=device, dtype=dtype)
@@ -38,10 +60,8 @@ class InjectionAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend over the tokens of `x` (shape `(layers, tokens, width)`)."""
-        layers, tokens, width = x.shape
-        q, k, v = self.qkv(x).view(layers, tokens, 3, self.num_heads, width // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).reshape(layers, tokens, width))
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.out_proj(multi_head_attention(q, k, v, self.num_heads, self.dropout if self.training else 0.0))
 
 
 class InjectionBlock(nn.Module):
