@@ -13,6 +13,16 @@ from .model import MuDPTModel
 
 register_mudpt()
 
+
+def __getattr__(name: str):
+    # imported lazily so that `python -m mudpt_peft.convert` does not find the module imported already
+    if name == "convert_official":
+        from .convert import convert_official
+
+        return convert_official
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -24,6 +34,7 @@ __all__ = [
     "MuDPTConfig",
     "MuDPTModel",
     "PromptClassifier",
+    "convert_official",
     "get_family_spec",
     "register_family",
     "register_mudpt",
