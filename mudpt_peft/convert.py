@@ -18,6 +18,7 @@ python -m mudpt_peft.convert --method maple --checkpoint model.pth.tar-5 \
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import pickle
 import re
@@ -220,12 +221,30 @@ def _normalize_method(method: str) -> str:
     return key
 
 
+def _torch_training_state_classes() -> list[type]:
+    """torch's own optimizer and LR scheduler classes (and the containers they use).
+
+    Dassl checkpoints of trainers with an LR warm-up pickle the scheduler that follows the warm-up (and, inside it,
+    the optimizer). These are torch classes: `weights_only` loading may rebuild them (from their saved state, without
+    running any constructor), while every other pickled object stays refused.
+    """
+    classes: list[type] = [collections.defaultdict, dict]
+    for module in (torch.optim, torch.optim.lr_scheduler):
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(
+                value, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
+            ):
+                classes.append(value)
+    return classes
+
+
 def _load_file(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint file at {str(path)!r}.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_torch_training_state_classes()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
@@ -235,8 +254,8 @@ def _load_file(path: str | os.PathLike) -> Any:
             raise ValueError(
                 f"The checkpoint {str(path)!r} could not be loaded safely: besides tensors it holds pickled Python "
                 f"objects ({', '.join(unsafe)}), and loading those could run arbitrary code, so `torch.load` with "
-                "`weights_only=True` refuses it. (Dassl checkpoints of trainers with an LR warm-up pickle the "
-                "scheduler this way.) Only if you trust the file: `ckpt = torch.load(path, weights_only=False)`, "
+                "`weights_only=True` refuses it (torch's optimizers and LR schedulers, which Dassl pickles, are "
+                "accepted). Only if you trust the file: `ckpt = torch.load(path, weights_only=False)`, "
                 "then pass `ckpt['state_dict']` to `convert_official`, or save it with "
                 "`torch.save({'state_dict': ckpt['state_dict']}, 'weights.pth')` and convert that file."
             ) from error

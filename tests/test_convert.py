@@ -494,6 +494,24 @@ def test_clear_errors_leave_the_base_model_untouched(make, method, match):
     assert_untouched(clip, keys_before)
 
 
+def test_dassl_checkpoint_with_a_pickled_lr_scheduler_loads(tmp_path):
+    """Dassl's warm-up scheduler pickles its successor scheduler (and the optimizer inside): torch classes only."""
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    successor = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 10)
+    path = tmp_path / "model.pth.tar-5"
+    case = maple()
+    checkpoint = {
+        "state_dict": case.state,
+        "epoch": 5,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": {"successor": successor, "warmup_epoch": 1, "cons_lr": 1e-5, "last_epoch": 5},
+    }
+    torch.save(checkpoint, path)
+    model = convert_official(path, "maple", make_clip())
+    assert model.peft_config["default"].fusion == "text_to_vision"
+
+
 def test_checkpoint_that_needs_pickles_is_refused(tmp_path):
     path = tmp_path / "model.pth.tar-5"
     torch.save({"state_dict": maple().state, "epoch": 5, "cfg": SomeCustomObject()}, path)
