@@ -14,12 +14,26 @@ from .model import MuDPTModel
 register_mudpt()
 
 
-def __getattr__(name: str):
-    # imported lazily so that `python -m mudpt_peft.convert` does not find the module imported already
-    if name == "convert_official":
-        from .convert import convert_official
+# Imported on first use: the trainer pulls in `transformers.Trainer` and accelerate, and `python -m
+# mudpt_peft.convert` must not find its module imported already.
+_LAZY_EXPORTS = {
+    "convert_official": ".convert",
+    "PromptTuningTrainer": ".trainer",
+    "default_training_arguments": ".trainer",
+    "ImageClassificationCollator": ".data",
+    "few_shot": ".data",
+    "base_to_new": ".data",
+    "evaluate": ".evaluation",
+    "harmonic_mean": ".evaluation",
+    "alignment": ".metrics",
+}
 
-        return convert_official
+
+def __getattr__(name: str):
+    if name in _LAZY_EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY_EXPORTS[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -34,7 +48,7 @@ __all__ = [
     "MuDPTConfig",
     "MuDPTModel",
     "PromptClassifier",
-    "convert_official",
+    *_LAZY_EXPORTS,
     "get_family_spec",
     "register_family",
     "register_mudpt",

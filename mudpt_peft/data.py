@@ -1,0 +1,415 @@
+"""Data helpers for prompt tuning on image classification: a collator, few-shot subsets and base-to-new splits."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "BaseToNewSplit",
+    "ImageClassificationCollator",
+    "base_to_new",
+    "check_image_classification_dataset",
+    "few_shot",
+]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# validation
+
+
+def _column_names(dataset: Any) -> list[str] | None:
+    """The column names of an HF `datasets` dataset (map-style or iterable), `None` when they are not known."""
+    names = getattr(dataset, "column_names", None)
+    if names is None:
+        features = getattr(dataset, "features", None)
+        names = list(features) if features is not None else None
+    if isinstance(names, Mapping):  # a DatasetDict
+        return None
+    return list(names) if names is not None else None
+
+
+def _check_column(dataset: Any, column: str, role: str, argument: str) -> None:
+    names = _column_names(dataset)
+    if names is not None and column not in names:
+        raise ValueError(
+            f"The dataset has no {role} column {column!r}; its columns are {names}. "
+            f"Pass the right name with `{argument}=`."
+        )
+
+
+def _check_class_names(class_names: Sequence[str]) -> list[str]:
+    if isinstance(class_names, str) or class_names is None or len(class_names) == 0:
+        raise ValueError(
+            "`class_names` must be a non-empty list of class names in label order, e.g. `dataset.features['label']"
+            ".names`."
+        )
+    return [str(name) for name in class_names]
+
+
+def _class_label_names(dataset: Any, label_column: str) -> list[str] | None:
+    features = getattr(dataset, "features", None)
+    feature = features.get(label_column) if features is not None else None
+    names = getattr(feature, "names", None)
+    return list(names) if names else None
+
+
+def check_image_classification_dataset(
+    dataset: Any,
+    class_names: Sequence[str],
+    image_column: str = "image",
+    label_column: str = "label",
+) -> None:
+    """Check that an HF `datasets` dataset can be used for classification among `class_names`; raise a `ValueError`
+    that says what to change otherwise.
+
+    Checks that `class_names` is not empty, that the image and label columns exist, that a `ClassLabel` label feature
+    has as many classes as `class_names`, and (for map-style datasets) that every label is an index into
+    `class_names`. Datasets that are not HF `datasets` (e.g. a torch `Dataset`) are only checked for `class_names`.
+
+    Args:
+        dataset (`datasets.Dataset` or `datasets.IterableDataset`):
+            The dataset.
+        class_names (`Sequence[str]`):
+            The class names, in label order.
+        image_column (`str`, defaults to `"image"`):
+            The column with the images.
+        label_column (`str`, defaults to `"label"`):
+            The column with the integer labels.
+    """
+    class_names = _check_class_names(class_names)
+    if _column_names(dataset) is None:
+        return
+    _check_column(dataset, image_column, "image", "image_column")
+    _check_column(dataset, label_column, "label", "label_column")
+    feature_names = _class_label_names(dataset, label_column)
+    if feature_names is not None and len(feature_names) != len(class_names):
+        shown = ", ".join(feature_names[:5]) + (", ..." if len(feature_names) > 5 else "")
+        raise ValueError(
+            f"The dataset's label feature has {len(feature_names)} classes ({shown}) but "
+            f"{len(class_names)} class names were given; pass the dataset's own class names "
+            f"(`dataset.features[{label_column!r}].names`) or re-index the labels (see `mudpt_peft.data.base_to_new`)."
+        )
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__") and len(dataset) > 0:
+        labels = np.asarray(list(dataset[label_column]))
+        if labels.dtype.kind not in "iu":
+            raise ValueError(
+                f"The label column {label_column!r} must hold integer class indices, got values of type "
+                f"{labels.dtype}; map the labels to indices into `class_names` first."
+            )
+        bad = (labels < 0) | (labels >= len(class_names))
+        if bad.any():
+            values = sorted({int(v) for v in labels[bad]})
+            raise ValueError(
+                f"The dataset has labels {values[:10]} outside the class list (valid: 0..{len(class_names) - 1} for "
+                f"{len(class_names)} class names); give every class a name or remove those rows."
+            )
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the collator
+
+
+def _size_of(size: Any) -> tuple[int, int] | None:
+    """(height, width) from an image processor's `size` / `crop_size` (a dict or a `SizeDict`), if it fixes one."""
+    if size is None:
+        return None
+    get = size.get if isinstance(size, Mapping) else (lambda key: getattr(size, key, None))
+    if get("height") and get("width"):
+        return int(get("height")), int(get("width"))
+    if get("shortest_edge"):
+        return int(get("shortest_edge")), int(get("shortest_edge"))
+    return None
+
+
+def _processor_output_size(image_processor: Any) -> tuple[int, int] | None:
+    """The (height, width) of the pixel values `image_processor` produces, when its configuration fixes it."""
+    if getattr(image_processor, "do_center_crop", False):
+        crop = _size_of(getattr(image_processor, "crop_size", None))
+        if crop is not None:
+            return crop
+    return _size_of(getattr(image_processor, "size", None))
+
+
+def _to_pil(image: Any) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    array = np.asarray(image.cpu() if isinstance(image, torch.Tensor) else image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = array.transpose(1, 2, 0)  # channels first -> channels last
+    if array.dtype != np.uint8:
+        array = np.clip(array * 255.0 if array.max() <= 1.0 else array, 0, 255).astype(np.uint8)
+    return Image.fromarray(array.squeeze()).convert("RGB")
+
+
+@dataclass
+class ImageClassificationCollator:
+    """Turn rows of an HF image-classification dataset into `pixel_values` and `labels` with the model's image
+    processor.
+
+    Rows are dicts such as `{"image": PIL.Image, "label": 3}` (any column names, see `image_column` /
+    `label_column`); images are converted to RGB. With `augment=True` each image first gets a random resized crop
+    (area in `scale`, aspect ratio in `ratio`, resized to the processor's output size) and a random horizontal flip,
+    as in CoOp / MaPLe training; the randomness comes from torch's global RNG, so `torch.manual_seed` (or the Trainer's
+    `seed`) makes it reproducible.
+
+    Args:
+        image_processor:
+            The model's image processor (e.g. `CLIPImageProcessor`), called as `image_processor(images=...,
+            return_tensors="pt")`.
+        image_column (`str`, defaults to `"image"`):
+            The column with the images (PIL images, arrays or tensors).
+        label_column (`str`, *optional*, defaults to `"label"`):
+            The column with the integer labels; `None` for unlabelled data (no `labels` in the batch).
+        augment (`bool`, defaults to `False`):
+            Whether to apply the training-time random resized crop and horizontal flip.
+        image_size (`int` or `tuple[int, int]`, *optional*):
+            The size the model expects; when set, a batch of another size raises a `ValueError` (a model without
+            position-embedding interpolation cannot take it).
+        scale (`tuple[float, float]`, defaults to `(0.08, 1.0)`):
+            The range of the crop's area, as a fraction of the image's area.
+        ratio (`tuple[float, float]`, defaults to `(3/4, 4/3)`):
+            The range of the crop's aspect ratio (width / height).
+        flip_probability (`float`, defaults to 0.5):
+            The probability of a horizontal flip.
+
+    Example:
+
+        ```py
+        >>> collator = ImageClassificationCollator(image_processor, augment=True)
+        >>> batch = collator([dataset[0], dataset[1]])
+        >>> batch["pixel_values"].shape, batch["labels"]
+        (torch.Size([2, 3, 224, 224]), tensor([0, 7]))
+        ```
+    """
+
+    image_processor: Any
+    image_column: str = "image"
+    label_column: str | None = "label"
+    augment: bool = False
+    image_size: int | tuple[int, int] | None = None
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_probability: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.image_processor is None:
+            raise ValueError("`image_processor` is required: pass the model's image processor (CLIPImageProcessor).")
+        if not (0 < self.scale[0] <= self.scale[1] <= 1):
+            raise ValueError(f"`scale` must satisfy 0 < min <= max <= 1, got {self.scale}.")
+        if not (0 < self.ratio[0] <= self.ratio[1]):
+            raise ValueError(f"`ratio` must satisfy 0 < min <= max, got {self.ratio}.")
+        if not 0.0 <= self.flip_probability <= 1.0:
+            raise ValueError(f"`flip_probability` must be in [0, 1], got {self.flip_probability}.")
+
+    @property
+    def expected_size(self) -> tuple[int, int] | None:
+        """The (height, width) the model expects, from `image_size`."""
+        if self.image_size is None:
+            return None
+        if isinstance(self.image_size, int):
+            return self.image_size, self.image_size
+        return int(self.image_size[0]), int(self.image_size[1])
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if len(rows) == 0:
+            raise ValueError("Cannot collate an empty batch.")
+        images, labels = [], []
+        for row in rows:
+            if self.image_column not in row:
+                raise ValueError(
+                    f"The rows have no image column {self.image_column!r}; their columns are {list(row)}. Pass the "
+                    "right name with `image_column=`."
+                )
+            images.append(row[self.image_column])
+            if self.label_column is not None:
+                if self.label_column not in row:
+                    raise ValueError(
+                        f"The rows have no label column {self.label_column!r}; their columns are {list(row)}. Pass "
+                        "the right name with `label_column=` (or `label_column=None` for unlabelled data)."
+                    )
+                label = row[self.label_column]
+                if label is None:
+                    raise ValueError(f"A row has no label (None in column {self.label_column!r}).")
+                labels.append(int(label))
+        if self.augment:
+            images = [self.random_resized_crop_and_flip(_to_pil(image)) for image in images]
+        else:
+            images = [image.convert("RGB") if isinstance(image, Image.Image) else image for image in images]
+        pixel_values = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        expected = self.expected_size
+        if expected is not None and tuple(pixel_values.shape[-2:]) != expected:
+            raise ValueError(
+                f"The image processor produces {tuple(pixel_values.shape[-2:])} images but the model expects "
+                f"{expected} (its `vision_config.image_size`) and does not interpolate its position embeddings; set "
+                f"the processor's `size` / `crop_size` to {expected[0]} (e.g. `CLIPImageProcessor.from_pretrained("
+                f"model_id)`)."
+            )
+        batch = {"pixel_values": pixel_values}
+        if self.label_column is not None:
+            batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        return batch
+
+    def random_resized_crop_and_flip(self, image: Image.Image) -> Image.Image:
+        """A random crop (area fraction in `scale`, aspect ratio in `ratio`) resized to the processor's output size,
+        flipped horizontally with probability `flip_probability`; the same sampling as torchvision's
+        `RandomResizedCrop` + `RandomHorizontalFlip`, drawn from torch's global RNG."""
+        width, height = image.size
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        box = None
+        for _ in range(10):
+            target_area = area * float(torch.empty(1).uniform_(self.scale[0], self.scale[1]))
+            aspect = math.exp(float(torch.empty(1).uniform_(log_ratio[0], log_ratio[1])))
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, (1,)))
+                left = int(torch.randint(0, width - w + 1, (1,)))
+                box = (left, top, left + w, top + h)
+                break
+        if box is None:  # fallback: the largest central crop within the ratio range
+            in_ratio = width / height
+            if in_ratio < self.ratio[0]:
+                w, h = width, int(round(width / self.ratio[0]))
+            elif in_ratio > self.ratio[1]:
+                w, h = int(round(height * self.ratio[1])), height
+            else:
+                w, h = width, height
+            top, left = (height - h) // 2, (width - w) // 2
+            box = (left, top, left + w, top + h)
+        output = _processor_output_size(self.image_processor) or self.expected_size
+        crop = image.crop(box)
+        crop = crop.resize((output[1], output[0]), Image.BICUBIC) if output is not None else crop
+        if float(torch.rand(1)) < self.flip_probability:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        return crop
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# few-shot subsets and base-to-new splits
+
+
+def _labels_of(dataset: Any, label_column: str, function: str) -> np.ndarray:
+    names = _column_names(dataset)
+    if names is None or not hasattr(dataset, "select"):
+        raise ValueError(f"`{function}` needs a map-style HF `datasets.Dataset`, got {type(dataset).__name__}.")
+    _check_column(dataset, label_column, "label", "label_column")
+    labels = np.asarray(list(dataset[label_column]))
+    if len(labels) and labels.dtype.kind not in "iu":
+        raise ValueError(f"The label column {label_column!r} must hold integer class indices, got {labels.dtype}.")
+    return labels.astype(np.int64)
+
+
+def few_shot(dataset: Any, shots: int, seed: int = 1, label_column: str = "label") -> Any:
+    """Exactly `shots` examples of every class, the same ones for a given `(dataset, shots, seed)` whatever the method.
+
+    The examples of each class are drawn without replacement with a NumPy generator seeded by `seed` (one
+    permutation per class, classes in label order), so the subset depends only on the dataset's labels, `shots` and
+    `seed`: every method trained with the same seed sees the same images. The rows keep the dataset's order.
+
+    The classes are those of a `ClassLabel` label feature (so a class without any example is caught), else the
+    distinct labels present.
+
+    Args:
+        dataset (`datasets.Dataset`):
+            A map-style HF dataset with an integer label column.
+        shots (`int`):
+            Examples per class (K), at least 1.
+        seed (`int`, defaults to 1):
+            The sampling seed (the papers average seeds 1, 2, 3).
+        label_column (`str`, defaults to `"label"`):
+            The column with the integer labels.
+
+    Returns:
+        `datasets.Dataset`: `shots × classes` rows of `dataset`.
+
+    Raises:
+        `ValueError`: if `shots` is not a positive integer, the label column is missing, or some classes have fewer
+        than `shots` examples (the message names them with their counts).
+    """
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+        raise ValueError(f"`shots` must be an integer >= 1, got {shots!r}.")
+    labels = _labels_of(dataset, label_column, "few_shot")
+    feature_names = _class_label_names(dataset, label_column)
+    classes = list(range(len(feature_names))) if feature_names else sorted({int(v) for v in labels})
+    by_class = {c: np.flatnonzero(labels == c) for c in classes}
+    short = {c: len(idx) for c, idx in by_class.items() if len(idx) < shots}
+    if short:
+        described = ", ".join(
+            f"{feature_names[c]!r} ({n})" if feature_names else f"{c} ({n})" for c, n in sorted(short.items())
+        )
+        raise ValueError(
+            f"{len(short)} class(es) have fewer than {shots} examples: {described}. Use fewer shots or drop those "
+            "classes."
+        )
+    generator = np.random.default_rng(seed)
+    chosen = [int(i) for c in classes for i in generator.permutation(by_class[c])[:shots]]
+    return dataset.select(sorted(chosen))
+
+
+class BaseToNewSplit(NamedTuple):
+    """The two halves of a base-to-new split; unpack as `base, base_names, new, new_names = base_to_new(...)`."""
+
+    base: Any
+    base_class_names: list[str]
+    new: Any
+    new_class_names: list[str]
+
+
+def base_to_new(dataset: Any, class_names: Sequence[str], label_column: str = "label") -> BaseToNewSplit:
+    """Split a dataset into base classes (the first ⌈C/2⌉) and new classes (the rest), as in CoCoOp and MaPLe.
+
+    Both halves get labels re-indexed from 0 (new class `k` becomes `k - ⌈C/2⌉`); a `ClassLabel` label feature is
+    replaced by one with the half's names. Train on `base`, evaluate on the base test split and on the new test split
+    (each with its own class names) and report their harmonic mean (`mudpt_peft.evaluation.harmonic_mean`).
+
+    Args:
+        dataset (`datasets.Dataset`):
+            A map-style HF dataset with integer labels in `0..C-1`.
+        class_names (`Sequence[str]`):
+            The `C` class names, in label order.
+        label_column (`str`, defaults to `"label"`):
+            The column with the integer labels.
+
+    Returns:
+        [`BaseToNewSplit`]: `(base, base_class_names, new, new_class_names)`.
+    """
+    class_names = _check_class_names(class_names)
+    if len(class_names) < 2:
+        raise ValueError(f"A base-to-new split needs at least 2 classes, got {len(class_names)}: {class_names}.")
+    labels = _labels_of(dataset, label_column, "base_to_new")
+    bad = (labels < 0) | (labels >= len(class_names))
+    if bad.any():
+        raise ValueError(
+            f"The dataset has labels {sorted({int(v) for v in labels[bad]})[:10]} outside the class list "
+            f"(0..{len(class_names) - 1}); give every class a name."
+        )
+    split = math.ceil(len(class_names) / 2)
+    is_class_label = _class_label_names(dataset, label_column) is not None
+
+    def half(mask: np.ndarray, names: list[str], offset: int) -> Any:
+        subset = dataset.select(np.flatnonzero(mask).tolist())
+        new_labels = (labels[mask] - offset).tolist()
+        position = subset.column_names.index(label_column)
+        subset = subset.remove_columns(label_column)
+        if is_class_label:
+            from datasets import ClassLabel
+
+            subset = subset.add_column(label_column, new_labels, feature=ClassLabel(names=names))
+        else:
+            subset = subset.add_column(label_column, new_labels)
+        columns = subset.column_names
+        columns.insert(position, columns.pop(columns.index(label_column)))
+        return subset.select_columns(columns)
+
+    base_names, new_names = class_names[:split], class_names[split:]
+    return BaseToNewSplit(
+        half(labels < split, base_names, 0), base_names, half(labels >= split, new_names, split), new_names
+    )

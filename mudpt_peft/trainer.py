@@ -1,0 +1,440 @@
+"""`PromptTuningTrainer`: train and evaluate a prompt adapter with the 🤗 `Trainer`, saving adapter-only checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from transformers import EvalPrediction, Trainer, TrainingArguments
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from .classifier import PromptClassifier
+from .data import ImageClassificationCollator, check_image_classification_dataset
+from .evaluation import _model_image_size, accuracy_metrics
+
+__all__ = ["TRAINING_RECIPES", "PromptTuningTrainer", "default_training_arguments"]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# per-method hyper-parameters
+
+#: The official training recipe of each method (CoOp: `configs/trainers/CoOp/vit_b16*.yaml`; IVLP, MaPLe, VPT: the
+#: MaPLe repository's `configs/trainers/*/vit_b16_c2_ep5_batch4_*.yaml`; MuDPT: the MuDPT paper). All use SGD with
+#: momentum 0.9 and weight decay 5e-4 (Dassl's defaults), a cosine schedule and one warm-up epoch. Not yet re-measured
+#: on the models this package embeds.
+TRAINING_RECIPES: dict[str, dict[str, float | int]] = {
+    "coop": {"learning_rate": 0.002, "num_train_epochs": 200, "per_device_train_batch_size": 32},
+    "vpt": {"learning_rate": 0.0025, "num_train_epochs": 5, "per_device_train_batch_size": 4},
+    "ivlp": {"learning_rate": 0.0035, "num_train_epochs": 5, "per_device_train_batch_size": 4},
+    "maple": {"learning_rate": 0.0035, "num_train_epochs": 5, "per_device_train_batch_size": 4},
+    "mudpt": {"learning_rate": 0.0025, "num_train_epochs": 10, "per_device_train_batch_size": 4},
+    # no official recipe of their own: MuDPT's
+    "mudpt-linear": {"learning_rate": 0.0025, "num_train_epochs": 10, "per_device_train_batch_size": 4},
+    "cross-attention": {"learning_rate": 0.0025, "num_train_epochs": 10, "per_device_train_batch_size": 4},
+}
+
+
+def _coop_epochs(shots: int) -> int:
+    """CoOp's epochs per shot count (its COOP.md): 50 for 1 shot, 100 for 2 and 4 shots, 200 for 8 and 16 shots."""
+    if shots <= 1:
+        return 50
+    if shots <= 4:
+        return 100
+    return 200
+
+
+def default_training_arguments(
+    method: str, output_dir: str, shots: int | None = None, **overrides: Any
+) -> TrainingArguments:
+    """`TrainingArguments` with a method's official training recipe; `overrides` replace any argument.
+
+    | method | optimizer | learning rate | epochs | batch size |
+    | --- | --- | --- | --- | --- |
+    | `"coop"` | SGD | 0.002 | 200 (50 for 1 shot, 100 for 2–4 shots) | 32 |
+    | `"vpt"` | SGD | 0.0025 | 5 | 4 |
+    | `"ivlp"`, `"maple"` | SGD | 0.0035 | 5 | 4 |
+    | `"mudpt"`, `"mudpt-linear"`, `"cross-attention"` | SGD | 0.0025 | 10 | 4 |
+
+    Every recipe uses SGD (momentum 0.9, weight decay 5e-4), a cosine schedule with one warm-up epoch (a linear
+    warm-up over the first `1 / epochs` of the steps; none with a single epoch), no gradient clipping and an
+    evaluation batch of 100. These are the official recipes, not yet re-measured on the models this package embeds;
+    MuDPT's Injection Model is learning-rate sensitive (see `docs/train.md`).
+
+    Args:
+        method (`str`):
+            A method name of [`MuDPTConfig.for_method`] (case-insensitive, `_` or `-`).
+        output_dir (`str`):
+            Where checkpoints and the final adapter go.
+        shots (`int`, *optional*):
+            Examples per class; only changes CoOp's epochs.
+        **overrides:
+            Any `TrainingArguments` argument, e.g. `num_train_epochs=3, report_to=[]`.
+
+    Example:
+
+        ```py
+        >>> args = default_training_arguments("mudpt", "out/mudpt", per_device_train_batch_size=8)
+        >>> args.learning_rate, args.lr_scheduler_type.value
+        (0.0025, 'cosine')
+        ```
+    """
+    key = method.lower().replace("_", "-") if isinstance(method, str) else method
+    if key not in TRAINING_RECIPES:
+        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(TRAINING_RECIPES)}.")
+    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
+        raise ValueError(f"`shots` must be an integer >= 1 (or None), got {shots!r}.")
+    settings: dict[str, Any] = dict(TRAINING_RECIPES[key])
+    if key == "coop" and shots is not None:
+        settings["num_train_epochs"] = _coop_epochs(shots)
+    settings.update(
+        optim="sgd",
+        optim_args="momentum=0.9",
+        weight_decay=5e-4,
+        lr_scheduler_type="cosine",
+        max_grad_norm=0.0,
+        per_device_eval_batch_size=100,
+    )
+    settings.update(overrides)
+    if "warmup_steps" not in overrides:
+        epochs = float(settings["num_train_epochs"])
+        settings["warmup_steps"] = 1.0 / epochs if epochs > 1 else 0.0  # a float < 1 is a ratio of the steps
+    return TrainingArguments(output_dir=output_dir, **settings)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the trainer
+
+
+def _is_peft_model(model: Any) -> bool:
+    return isinstance(model, PeftModel)
+
+
+class PromptTuningTrainer(Trainer):
+    """A 🤗 [`~transformers.Trainer`] that tunes a prompt adapter of a CLIP-like model for image classification.
+
+    The trainer's `model` is the `PeftModel` itself, so checkpoints and `save_model` hold the adapter only
+    (`adapter_model.safetensors` + `adapter_config.json`, never the base weights), and `train(resume_from_checkpoint=
+    ...)` reloads the adapter, optimizer, scheduler and RNG states. The loss is the cross-entropy of the image–class-
+    prompt logits of a [`PromptClassifier`] built around the model (`self.classifier`): `logit_scale · cos(image,
+    "a photo of a {class}.")`. In training the class prompts are re-encoded on every step, through the (possibly
+    DDP-wrapped) model's own forward so that distributed gradient synchronisation applies; in evaluation the
+    classifier's cached class features are used. `evaluate()` reports `eval_accuracy` (top-1, percent) and, with at
+    least 5 classes, `eval_top5_accuracy`, plus whatever a given `compute_metrics` returns.
+
+    Datasets are HF `datasets` with an image column and an integer label column (configurable); they are turned into
+    `pixel_values` / `labels` by an [`ImageClassificationCollator`] with the model's image processor (random resized
+    crop + flip for training with `augment=True`, never for evaluation). `remove_unused_columns` and `label_names` are
+    handled internally, and the datasets, class names and image size are checked when the trainer is created.
+
+    Args:
+        model (`PeftModel`):
+            A CLIP-like model with a prompt adapter (`get_peft_model(model, MuDPTConfig.for_method(...))`).
+        class_names (`Sequence[str]`):
+            The class names, in label order.
+        tokenizer (*optional*):
+            The model's tokenizer (or give `processor`).
+        args (`TrainingArguments`, *optional*):
+            The training arguments, e.g. from [`default_training_arguments`].
+        train_dataset (`datasets.Dataset`, *optional*):
+            The training rows.
+        eval_dataset (`datasets.Dataset` or `dict[str, datasets.Dataset]`, *optional*):
+            The evaluation rows (labels indexing the same `class_names`).
+        image_processor (*optional*):
+            The model's image processor (or give `processor`).
+        processor (*optional*):
+            A processor holding both (`CLIPProcessor`); saved with the checkpoints.
+        template (`str`, defaults to `"a photo of a {}."`):
+            The class prompt; `{}` is replaced by the class name.
+        image_column (`str`, defaults to `"image"`):
+            The dataset column with the images.
+        label_column (`str`, defaults to `"label"`):
+            The dataset column with the integer labels.
+        augment (`bool`, defaults to `False`):
+            Whether training images get a random resized crop and horizontal flip.
+        data_collator (*optional*):
+            Replaces the default [`ImageClassificationCollator`]; it must output `pixel_values` and `labels`.
+        compute_metrics (`Callable`, *optional*):
+            Extra metrics from an `EvalPrediction`, merged with the accuracies.
+        **kwargs:
+            Any other `Trainer` argument (`callbacks`, `optimizers`, ...).
+
+    Example:
+
+        ```py
+        >>> model = get_peft_model(CLIPModel.from_pretrained(model_id), MuDPTConfig.for_method("mudpt"))
+        >>> trainer = PromptTuningTrainer(
+        ...     model, class_names, processor=CLIPProcessor.from_pretrained(model_id),
+        ...     args=default_training_arguments("mudpt", "out"), train_dataset=train, eval_dataset=test,
+        ... )
+        >>> trainer.train()
+        >>> trainer.evaluate()["eval_accuracy"]
+        ```
+    """
+
+    def __init__(
+        self,
+        model: PeftModel,
+        class_names: Sequence[str],
+        tokenizer: Any = None,
+        args: TrainingArguments | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        *,
+        image_processor: Any = None,
+        processor: Any = None,
+        template: str = "a photo of a {}.",
+        image_column: str = "image",
+        label_column: str = "label",
+        augment: bool = False,
+        data_collator: Callable | None = None,
+        compute_metrics: Callable[[EvalPrediction], dict] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not _is_peft_model(model):
+            raise ValueError(
+                f"`model` must be a PeftModel (got {type(model).__name__}): wrap it first with "
+                "`peft.get_peft_model(model, MuDPTConfig.for_method(...))`, so that only the adapter is trained and "
+                "saved."
+            )
+        if "model_init" in kwargs:
+            raise ValueError("`model_init` is not supported: pass the PeftModel as `model`.")
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError(
+                "`compute_loss_func` is not supported: the loss is the classifier's cross-entropy (set "
+                "`label_smoothing_factor` in the TrainingArguments, or subclass and override `compute_loss`)."
+            )
+        if isinstance(class_names, str) or class_names is None or len(class_names) == 0:
+            raise ValueError(
+                "`class_names` must be a non-empty list of class names in label order, e.g. "
+                "`dataset.features['label'].names`."
+            )
+        if not isinstance(template, str) or "{}" not in template:
+            raise ValueError(f"`template` must contain '{{}}' where the class name goes, got {template!r}.")
+        if processor is not None:
+            tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
+            image_processor = (
+                image_processor if image_processor is not None else getattr(processor, "image_processor", None)
+            )
+        if tokenizer is None:
+            raise ValueError("A tokenizer is needed for the class prompts: pass `tokenizer=` or `processor=`.")
+        if image_processor is None and data_collator is None:
+            raise ValueError("An image processor is needed for the images: pass `image_processor=` or `processor=`.")
+
+        self.class_names = [str(name) for name in class_names]
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.processor = processor
+        self.template = template
+        self.image_column = image_column
+        self.label_column = label_column
+
+        image_size = _model_image_size(model)
+        if data_collator is None:
+            data_collator = ImageClassificationCollator(
+                image_processor, image_column, label_column, augment=augment, image_size=image_size
+            )
+        elif isinstance(data_collator, ImageClassificationCollator) and data_collator.image_size is None:
+            data_collator = dataclasses.replace(data_collator, image_size=image_size)
+        if isinstance(data_collator, ImageClassificationCollator):
+            self.eval_data_collator = dataclasses.replace(data_collator, augment=False)
+            self.image_column, self.label_column = data_collator.image_column, data_collator.label_column
+        else:
+            self.eval_data_collator = data_collator
+
+        self._check_dataset(train_dataset, "train_dataset")
+        eval_sets = eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval_dataset", eval_dataset)]
+        for name, dataset in eval_sets:
+            self._check_dataset(dataset, f"eval_dataset[{name!r}]" if isinstance(eval_dataset, dict) else name)
+
+        user_metrics = compute_metrics
+
+        def metrics(prediction: EvalPrediction) -> dict[str, float]:
+            results: dict[str, float] = {}
+            if prediction.label_ids is not None:
+                logits = prediction.predictions
+                logits = logits[0] if isinstance(logits, tuple) else logits
+                results.update(accuracy_metrics(logits, prediction.label_ids))
+            if user_metrics is not None:
+                results.update(user_metrics(prediction))
+            return results
+
+        kwargs.setdefault("processing_class", image_processor)  # not the tokenizer: Trainer would edit the config
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            compute_metrics=metrics,
+            **kwargs,
+        )
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.args.world_size == 1:
+            raise ValueError(
+                f"This process was launched as one of {launched} (WORLD_SIZE), but the TrainingArguments set up a "
+                "single process, so every rank would train on all the data on its own. On a machine without GPUs, "
+                "pass `use_cpu=True` (Accelerate only sets up CPU DDP with gloo then)."
+            )
+        # The loss is a per-batch mean computed here, not by the model from `num_items_in_batch`.
+        self.model_accepts_loss_kwargs = False
+        self.label_names = ["labels"]
+        self.can_return_loss = True
+        self.classifier = PromptClassifier(model, tokenizer, self.class_names, template=template)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # checks
+
+    def _check_dataset(self, dataset: Any, name: str) -> None:
+        """Columns, labels and (on one example) the processed image size, before anything is trained."""
+        if dataset is None:
+            return
+        collator = self.eval_data_collator
+        if isinstance(collator, ImageClassificationCollator):
+            try:
+                check_image_classification_dataset(
+                    dataset, self.class_names, collator.image_column, collator.label_column or "label"
+                )
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+        if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+            if len(dataset) == 0:
+                raise ValueError(f"{name} is empty.")
+            try:
+                collator([dataset[0]])
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # data: keep the raw columns for the collator, and never augment evaluation images
+
+    def _remove_unused_columns(self, dataset: Any, description: str | None = None) -> Any:
+        return dataset  # the collator reads the image / label columns, which the model's forward does not take
+
+    def _get_collator_with_removed_columns(self, data_collator: Callable, description: str | None = None) -> Callable:
+        return data_collator
+
+    @contextlib.contextmanager
+    def _collating_with(self, collator: Callable) -> Iterator[None]:
+        previous, self.data_collator = self.data_collator, collator
+        try:
+            yield
+        finally:
+            self.data_collator = previous
+
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> torch.utils.data.DataLoader:
+        with self._collating_with(self.eval_data_collator):
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset: Any) -> torch.utils.data.DataLoader:
+        with self._collating_with(self.eval_data_collator):
+            return super().get_test_dataloader(test_dataset)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # loss and prediction
+
+    def _check_labels(self, labels: torch.Tensor) -> None:
+        if labels.numel() and (labels.min() < 0 or labels.max() >= len(self.class_names)):
+            raise ValueError(
+                f"Labels must be class indices in 0..{len(self.class_names) - 1} ({len(self.class_names)} class "
+                f"names), got values from {int(labels.min())} to {int(labels.max())}."
+            )
+
+    def _pixel_values(self, inputs: dict[str, Any]) -> torch.Tensor:
+        if "pixel_values" not in inputs:
+            raise ValueError(
+                f"The batch has no `pixel_values` (keys: {list(inputs)}); the data collator must output `pixel_values` "
+                "and `labels`."
+            )
+        parameter = next(p for p in self.model.parameters() if p.is_floating_point())
+        return inputs["pixel_values"].to(device=parameter.device, dtype=parameter.dtype)
+
+    def _training_output(self, model: torch.nn.Module, pixel_values: torch.Tensor) -> ImageClassifierOutput:
+        """Logits of the images against freshly encoded class prompts, through `model`'s (e.g. DDP's) own forward.
+
+        This is what `PromptClassifier` computes in training mode (`logit_scale · cos(image, class)` + any
+        `logit_bias`), but as one call of the wrapped model, so that DDP / FSDP see the forward pass."""
+        device = pixel_values.device
+        output = model(
+            input_ids=self.classifier.class_input_ids.to(device),
+            attention_mask=self.classifier.class_attention_mask.to(device),
+            pixel_values=pixel_values,
+        )
+        return ImageClassifierOutput(logits=output.logits_per_image)
+
+    def _eval_output(self, pixel_values: torch.Tensor) -> ImageClassifierOutput:
+        """The classifier's logits in eval mode: the class features are encoded once and cached."""
+        if self.classifier.training:
+            self.classifier.eval()
+        if self.classifier.class_input_ids.device != pixel_values.device:  # the model was moved after __init__
+            self.classifier.to(pixel_values.device)
+        return self.classifier(pixel_values=pixel_values)
+
+    def _cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        smoothing = float(self.args.label_smoothing_factor or 0.0)
+        return F.cross_entropy(logits.float(), labels.to(logits.device), label_smoothing=smoothing)
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, ImageClassifierOutput]:
+        """Cross-entropy of the image–class-prompt logits (mean over the batch, with the arguments'
+        `label_smoothing_factor`).
+
+        In training mode the class prompts are re-encoded through `model`'s forward (so gradients reach the text
+        prompts and distributed wrappers synchronise them); in eval mode the classifier's cached class features are
+        used.
+        """
+        labels = inputs.get("labels")
+        if labels is None:
+            raise ValueError(
+                f"The batch has no `labels` (keys: {list(inputs)}); the data collator must output `labels` (check "
+                "`label_column`)."
+            )
+        pixel_values = self._pixel_values(inputs)
+        self._check_labels(labels)
+        output = self._training_output(model, pixel_values) if model.training else self._eval_output(pixel_values)
+        output.loss = self._cross_entropy(output.logits, labels)
+        return (output.loss, output) if return_outputs else output.loss
+
+    def prediction_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Loss, logits `(batch, classes)` and labels of a batch, with the classifier's cached class features."""
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        with torch.no_grad(), self.compute_loss_context_manager(), self.accelerator.autocast():
+            output = self._eval_output(self._pixel_values(inputs))
+            loss = None
+            if labels is not None:
+                self._check_labels(labels)
+                loss = self._cross_entropy(output.logits, labels).detach()
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, output.logits.detach(), labels
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # saving
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Save the adapter (the PeftModel saves adapter weights and config only) and the tokenizer / processor."""
+        super()._save(output_dir, state_dict=state_dict)
+        if not self.args.should_save:
+            return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.processor is not None:
+            self.processor.save_pretrained(output_dir)
+        elif self.tokenizer is not None and hasattr(self.tokenizer, "save_pretrained"):
+            self.tokenizer.save_pretrained(output_dir)

@@ -1,0 +1,250 @@
+"""Data helpers: the image-classification collator (with augmentation), few-shot subsets, base-to-new splits, and
+`evaluate` / `harmonic_mean` (few-shot, base-to-new and cross-dataset evaluation)."""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from peft import get_peft_model
+from PIL import Image
+
+from mudpt_peft import MuDPTConfig, PromptClassifier
+from mudpt_peft.data import (
+    ImageClassificationCollator,
+    base_to_new,
+    check_image_classification_dataset,
+    few_shot,
+)
+from mudpt_peft.evaluation import accuracy_metrics, evaluate, harmonic_mean
+
+from .conftest import TOKENIZER_EOS_ID, make_clip
+from .ddp_train_script import image_processor
+from .test_lifecycle import randomize_adapter
+
+NAMES = ["cat", "dog", "zebra", "photo", "of"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def labelled(counts: list[int], class_label: bool = True, size: int = 20, seed: int = 0) -> datasets.Dataset:
+    """`counts[c]` random images of class `c`, interleaved; with a `ClassLabel` feature over `NAMES[:len(counts)]`."""
+    labels = [c for c, n in enumerate(counts) for _ in range(n)]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))
+    labels = [labels[i] for i in order]
+    images = [Image.fromarray(rng.integers(0, 256, (size, size + 4, 3), dtype=np.uint8)) for _ in labels]
+    label_feature = datasets.ClassLabel(names=NAMES[: len(counts)]) if class_label else datasets.Value("int64")
+    features = datasets.Features({"image": datasets.Image(), "label": label_feature})
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# collator
+
+
+def test_collator_matches_the_image_processor_with_any_column_names():
+    data = labelled([2, 2]).rename_columns({"image": "img", "label": "y"})
+    data = data.map(lambda row: {"extra": 1})  # columns the collator does not use are ignored
+    rows = [data[i] for i in range(4)]
+    batch = ImageClassificationCollator(image_processor(), image_column="img", label_column="y")(rows)
+    expected = image_processor()(images=[row["img"] for row in rows], return_tensors="pt")["pixel_values"]
+    assert set(batch) == {"pixel_values", "labels"}
+    torch.testing.assert_close(batch["pixel_values"], expected)
+    assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [row["y"] for row in rows]
+    # unlabelled data, grayscale images are converted to RGB
+    gray = [{"img": Image.new("L", (20, 20), 128)}]
+    unlabelled = ImageClassificationCollator(image_processor(), image_column="img", label_column=None)(gray)
+    assert set(unlabelled) == {"pixel_values"} and unlabelled["pixel_values"].shape == (1, 3, 16, 16)
+
+
+def test_collator_errors_name_the_columns():
+    row = {"img": Image.new("RGB", (20, 20)), "target": 0}
+    with pytest.raises(ValueError, match=r"no image column 'image'; their columns are \['img', 'target'\]"):
+        ImageClassificationCollator(image_processor())([row])
+    with pytest.raises(ValueError, match=r"no label column 'label'; their columns are \['img', 'target'\]"):
+        ImageClassificationCollator(image_processor(), image_column="img")([row])
+    with pytest.raises(ValueError, match=r"produces \(16, 16\) images but the model expects \(32, 32\)"):
+        ImageClassificationCollator(image_processor(), "img", "target", image_size=32)([row])
+    with pytest.raises(ValueError, match="image_processor"):
+        ImageClassificationCollator(None)
+
+
+def test_augmentation_is_seeded_by_torch_and_changes_the_images():
+    rows = [labelled([3])[i] for i in range(3)]
+    augmenting = ImageClassificationCollator(image_processor(), augment=True)
+    torch.manual_seed(0)
+    first = augmenting(rows)["pixel_values"]
+    torch.manual_seed(0)
+    again = augmenting(rows)["pixel_values"]
+    torch.manual_seed(1)
+    other = augmenting(rows)["pixel_values"]
+    plain = ImageClassificationCollator(image_processor())(rows)["pixel_values"]
+    assert first.shape == plain.shape == (3, 3, 16, 16)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other) and not torch.equal(first, plain)
+
+
+def test_crop_and_flip_geometry():
+    pixels = (np.arange(20 * 24 * 3) % 251).astype(np.uint8).reshape(20, 24, 3)
+    image = Image.fromarray(pixels)
+    # full-image crop (scale 1, ratio fixed to the image's own 24/20) resized to 16x16: a plain resize, then a flip
+    exact = dict(scale=(1.0, 1.0), ratio=(1.2, 1.2))
+    resized = image.resize((16, 16), Image.BICUBIC)
+    never = ImageClassificationCollator(image_processor(), augment=True, flip_probability=0.0, **exact)
+    always = ImageClassificationCollator(image_processor(), augment=True, flip_probability=1.0, **exact)
+    assert np.array_equal(np.asarray(never.random_resized_crop_and_flip(image)), np.asarray(resized))
+    flipped = np.asarray(always.random_resized_crop_and_flip(image))
+    assert np.array_equal(flipped, np.asarray(resized)[:, ::-1])
+    # small crops stay inside the image and come out at the processor's size
+    small = ImageClassificationCollator(image_processor(), augment=True, scale=(0.1, 0.2))
+    torch.manual_seed(0)
+    crops = [small.random_resized_crop_and_flip(image) for _ in range(20)]
+    assert all(crop.size == (16, 16) for crop in crops)
+    assert len({np.asarray(crop).tobytes() for crop in crops}) == 20
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# few-shot
+
+
+def test_few_shot_takes_exactly_k_per_class_deterministically():
+    data = labelled([6, 5, 7])
+    subset = few_shot(data, shots=4, seed=1)
+    labels = list(subset["label"])
+    assert len(subset) == 12 and [labels.count(c) for c in range(3)] == [4, 4, 4]
+    # the same rows for the same seed (whatever method uses it), other rows for another seed
+    again = few_shot(data, shots=4, seed=1)
+    assert [np.asarray(r["image"]).tobytes() for r in again] == [np.asarray(r["image"]).tobytes() for r in subset]
+    assert list(few_shot(data, 4, seed=2)["image"]) != list(subset["image"])
+    # rows come from the dataset, in its order, without duplicates
+    pool = [np.asarray(image).tobytes() for image in data["image"]]
+    positions = [pool.index(np.asarray(image).tobytes()) for image in subset["image"]]
+    assert positions == sorted(set(positions))
+    assert [data[p]["label"] for p in positions] == labels
+    # plain integer labels work too
+    assert len(few_shot(labelled([2, 3], class_label=False), 2)) == 4
+
+
+def test_few_shot_names_the_classes_that_are_short():
+    data = labelled([6, 3, 7, 0])
+    with pytest.raises(ValueError, match=r"2 class\(es\) have fewer than 4 examples: 'dog' \(3\), 'photo' \(0\)"):
+        few_shot(data, shots=4, seed=1)
+    with pytest.raises(ValueError, match=r"1 class\(es\) have fewer than 4 examples: 1 \(3\)"):
+        few_shot(labelled([6, 3], class_label=False), shots=4)
+    with pytest.raises(ValueError, match=r"no label column 'target'; its columns are \['image', 'label'\]"):
+        few_shot(data, shots=1, label_column="target")
+    with pytest.raises(ValueError, match="`shots` must be an integer >= 1"):
+        few_shot(data, shots=0)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# base-to-new
+
+
+@pytest.mark.parametrize("class_label", [True, False])
+def test_base_to_new_splits_the_classes_and_reindexes(class_label):
+    data = labelled([2, 3, 2, 1, 2], class_label=class_label)
+    base, base_names, new, new_names = base_to_new(data, NAMES)
+    assert base_names == ["cat", "dog", "zebra"] and new_names == ["photo", "of"]  # ceil(5 / 2) = 3 base classes
+    assert len(base) == 7 and len(new) == 3
+    assert sorted(base["label"]) == [0, 0, 1, 1, 1, 2, 2] and sorted(new["label"]) == [0, 1, 1]
+    assert base.column_names == new.column_names == ["image", "label"]
+    if class_label:
+        assert base.features["label"].names == base_names and new.features["label"].names == new_names
+    # each row keeps its image, with the label shifted by 3 for the new classes
+    originals = {np.asarray(row["image"]).tobytes(): row["label"] for row in data}
+    assert all(originals[np.asarray(row["image"]).tobytes()] == row["label"] for row in base)
+    assert all(originals[np.asarray(row["image"]).tobytes()] == row["label"] + 3 for row in new)
+    # an even number of classes splits in halves
+    assert base_to_new(labelled([1, 1, 1, 1]), NAMES[:4]).base_class_names == ["cat", "dog"]
+
+
+def test_base_to_new_errors():
+    with pytest.raises(ValueError, match="non-empty list of class names"):
+        base_to_new(labelled([1, 1]), [])
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        base_to_new(labelled([1]), ["cat"])
+    with pytest.raises(ValueError, match=r"labels \[2\] outside the class list \(0\.\.1\)"):
+        base_to_new(labelled([1, 1, 1], class_label=False), ["cat", "dog"])
+
+
+def test_dataset_check():
+    data = labelled([1, 2], class_label=False)
+    check_image_classification_dataset(data, ["cat", "dog"])
+    with pytest.raises(ValueError, match="non-empty list"):
+        check_image_classification_dataset(data, [])
+    with pytest.raises(ValueError, match=r"labels \[1\] outside the class list \(valid: 0\.\.0 for 1 class names\)"):
+        check_image_classification_dataset(data, ["cat"])
+    with pytest.raises(ValueError, match=r"no image column 'pic'; its columns are \['image', 'label'\]"):
+        check_image_classification_dataset(data, ["cat", "dog"], image_column="pic")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def test_evaluate_equals_the_classifier_and_restores_the_mode(tokenizer):
+    torch.manual_seed(0)
+    model = get_peft_model(make_clip(eos_token_id=TOKENIZER_EOS_ID), MuDPTConfig(depth=3))
+    randomize_adapter(model)
+    data = labelled([3, 3, 3, 3, 3])
+    model.train()
+    metrics = evaluate(model, data, NAMES, tokenizer, image_processor(), batch_size=4)
+    assert model.training  # restored
+    pixel_values = image_processor()(images=list(data["image"]), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = PromptClassifier(model, tokenizer, NAMES).eval()(pixel_values=pixel_values).logits
+    labels = torch.tensor(list(data["label"]))
+    assert metrics["accuracy"] == pytest.approx(100 * (logits.argmax(-1) == labels).float().mean().item())
+    top5 = (logits.topk(5, -1).indices == labels[:, None]).any(-1).float().mean().item()
+    assert metrics["top5_accuracy"] == pytest.approx(100 * top5) == 100.0  # 5 classes: always in the top 5
+    assert metrics["num_examples"] == 15
+    # the adapter matters: zero-shot (adapter disabled) gives other logits
+    with model.disable_adapter(), torch.no_grad():
+        zero_shot = PromptClassifier(model, tokenizer, NAMES).eval()(pixel_values=pixel_values).logits
+    assert not torch.allclose(zero_shot, logits)
+
+
+def test_base_to_new_and_cross_dataset_evaluation(tokenizer):
+    """Base and new halves are evaluated with their own class names; a second dataset with its own names."""
+    model = make_clip(eos_token_id=TOKENIZER_EOS_ID)  # zero-shot CLIP works the same way
+    data = labelled([2, 2, 2, 2, 2])
+    split = base_to_new(data, NAMES)
+    base = evaluate(model, split.base, split.base_class_names, tokenizer, image_processor())
+    new = evaluate(model, split.new, split.new_class_names, tokenizer, image_processor())
+    assert base["num_examples"] == 6 and new["num_examples"] == 4
+    assert "top5_accuracy" not in base and "top5_accuracy" not in new  # fewer than 5 classes
+    pixel_values = image_processor()(images=list(split.new["image"]), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = PromptClassifier(model, tokenizer, split.new_class_names).eval()(pixel_values=pixel_values).logits
+    expected = accuracy_metrics(logits, torch.tensor(list(split.new["label"])))
+    assert new["accuracy"] == pytest.approx(expected["accuracy"])
+    assert harmonic_mean(base["accuracy"], new["accuracy"]) <= max(base["accuracy"], new["accuracy"])
+    other = labelled([1, 1, 1], seed=5).cast_column("label", datasets.ClassLabel(names=["a", "of", "photo"]))
+    assert evaluate(model, other, ["a", "of", "photo"], tokenizer, image_processor())["num_examples"] == 3
+    with pytest.raises(ValueError, match="feature has 3 classes"):
+        evaluate(model, other, NAMES, tokenizer, image_processor())
+    with pytest.raises(ValueError, match="`batch_size` must be an integer >= 1"):
+        evaluate(model, other, ["a", "of", "photo"], tokenizer, image_processor(), batch_size=0)
+
+
+def test_accuracy_metrics_and_harmonic_mean():
+    logits = torch.tensor([[0.9, 0.1, 0.0, 0.0, 0.0, 0.0], [0.0, 0.1, 0.9, 0.3, 0.2, 0.5], [1, 2, 3, 4, 5, 6.0]])
+    metrics = accuracy_metrics(logits, torch.tensor([0, 1, 0]))
+    assert metrics["accuracy"] == pytest.approx(100 / 3)  # only row 0
+    assert metrics["top5_accuracy"] == pytest.approx(200 / 3)  # row 1's class 1 ranks 5th of 6; row 2's class 0 last
+    assert "top5_accuracy" not in accuracy_metrics(logits[:, :4].numpy(), np.array([0, 1, 0]))
+    assert harmonic_mean(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140)
+    assert harmonic_mean(0.0, 0.0) == 0.0 and harmonic_mean(50.0, 50.0) == 50.0
+    with pytest.raises(ValueError, match=">= 0"):
+        harmonic_mean(-1.0, 2.0)
+    with pytest.raises(ValueError, match=r"shape \(examples, classes\)"):
+        accuracy_metrics(torch.zeros(3), torch.zeros(3))
