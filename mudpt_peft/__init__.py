@@ -7,7 +7,19 @@ Importing this package registers the method with peft, so that `peft.get_peft_mo
 from ._registration import MUDPT_PEFT_TYPE, MUDPT_PREFIX, register_mudpt
 from .classifier import PromptClassifier
 from .config import MuDPTConfig
-from .families import CLIP_SPEC, FamilySpec, get_family_spec, register_family, supported_model_classes
+from .families import (
+    ALTCLIP_SPEC,
+    CHINESE_CLIP_SPEC,
+    CLIP_SPEC,
+    METACLIP_2_SPEC,
+    SIGLIP2_SPEC,
+    SIGLIP_SPEC,
+    FamilySpec,
+    get_family_spec,
+    register_family,
+    registered_families,
+    supported_model_classes,
+)
 from .injection import InjectionModel
 from .model import MuDPTModel
 
@@ -40,7 +52,13 @@ def __getattr__(name: str):
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALTCLIP_SPEC",
+    "CHINESE_CLIP_SPEC",
     "CLIP_SPEC",
+    "METACLIP_2_SPEC",
+    "SIGLIP2_SPEC",
+    "SIGLIP_SPEC",
+    "registered_families",
     "MUDPT_PEFT_TYPE",
     "MUDPT_PREFIX",
     "FamilySpec",

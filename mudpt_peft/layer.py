@@ -4,13 +4,18 @@ Each tower is wrapped by a [`MuDPTTower`], which owns that tower's learned promp
 into them. On every call the tower computes its prompts once (learned prompts plus injection from the other tower),
 puts them in a [`PromptSlot`] shared with the tower's other wrappers for the duration of the call, and runs the
 original tower. The other wrappers insert the prompts: [`MuDPTTextTokenEmbedding`] and [`MuDPTVisionEmbeddings`] at
-the input (layer 0), [`MuDPTDeepPromptLayer`] at the input of each deeper encoder layer. Wrappers (not hooks) keep
-gradient checkpointing exact: the prompts are written outside the checkpointed layer.
+the input (layer 0), [`MuDPTDeepPromptLayer`] at the input of each deeper encoder layer; [`MuDPTPoolingHead`] keeps
+the prompts out of a pooling head where the family spec asks for it (SigLIP). Where the prompts go and how the inputs
+are widened is the family spec's business ([`FamilySpec`]). Wrappers (not hooks) keep gradient checkpointing exact:
+the prompts are written outside the checkpointed layer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,6 +60,28 @@ def replace_tokens(hidden_states: torch.Tensor, prompts: torch.Tensor, start: in
     start = length - n_ctx if start is None else start
     expanded = prompts.to(hidden_states.dtype).unsqueeze(0).expand(batch, -1, -1)
     return torch.cat([hidden_states[:, :start], expanded, hidden_states[:, start + n_ctx :]], dim=1)
+
+
+@functools.cache
+def _positional_names(cls: type) -> tuple[str, ...]:
+    """The names of the arguments of `cls.forward` that can be given by position (`self` excluded)."""
+    parameters = list(inspect.signature(cls.forward).parameters.values())[1:]
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return tuple(p.name for p in itertools.takewhile(lambda p: p.kind in kinds, parameters))
+
+
+def named_arguments(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The arguments of a call `module(*args, **kwargs)`, all by name (so that a spec can widen them by name)."""
+    if not args:
+        return dict(kwargs)
+    names = _positional_names(type(module))
+    if len(args) > len(names):
+        raise TypeError(f"{type(module).__name__}.forward takes at most {len(names)} positional arguments.")
+    named = dict(zip(names[: len(args)], args, strict=True))
+    duplicated = sorted(set(named) & set(kwargs))
+    if duplicated:
+        raise TypeError(f"{type(module).__name__}.forward got multiple values for {duplicated}.")
+    return {**named, **kwargs}
 
 
 class MuDPTLayer(nn.Module, BaseTunerLayer):
@@ -177,42 +204,53 @@ class MuDPTTower(MuDPTLayer):
 
 
 class MuDPTTextTower(MuDPTTower):
-    """The text tower wrapper: inserts `n_ctx` prompt tokens after BOS (widening ids, mask and position ids)."""
+    """The text tower wrapper: inserts `n_ctx` prompt tokens at the spec's `text_prompt_start` (after BOS / CLS, or
+    first without one), widening the token ids and the per-token inputs with [`FamilySpec.widen_text_inputs`]."""
 
     def __init__(self, base_layer: nn.Module, spec: FamilySpec) -> None:
         super().__init__(base_layer, spec)
         self.prompt_start = spec.text_prompt_start
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> Any:
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         adapter_name = self.prompting_adapter()
         if adapter_name is None:
-            return self.base_layer(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
-            )
+            return self.base_layer(*args, **kwargs)
         prompts = self.used_prompts(adapter_name)
-        input_ids, attention_mask, position_ids = self.spec.widen_text_inputs(
-            self.base_layer, prompts.shape[1], input_ids, attention_mask, position_ids
+        inputs = self.spec.widen_text_inputs(
+            self.base_layer, prompts.shape[1], named_arguments(self.base_layer, args, kwargs)
         )
         with self.slot.filled(prompts, self.prompt_start):
-            return self.base_layer(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
-            )
+            return self.base_layer(**inputs)
 
 
 class MuDPTVisionTower(MuDPTTower):
-    """The vision tower wrapper: its prompts are appended after the patch tokens."""
+    """The vision tower wrapper: its prompts are appended after the last token (a patch attention mask is widened
+    with [`FamilySpec.widen_vision_inputs`]).
+
+    When the spec names a `vision_pooling_head` that must not see the prompts (`pool_visual_prompts=False`), that head
+    is wrapped here by a [`MuDPTPoolingHead`] sharing this tower's prompt slot.
+    """
+
+    def __init__(self, base_layer: nn.Module, spec: FamilySpec) -> None:
+        super().__init__(base_layer, spec)
+        if spec.vision_pooling_head is not None and not spec.pool_visual_prompts:
+            parent_path, _, name = spec.vision_pooling_head.rpartition(".")
+            parent = base_layer.get_submodule(parent_path) if parent_path else base_layer
+            head = getattr(parent, name, None)
+            if isinstance(head, nn.Module) and not isinstance(head, MuDPTLayer):  # a tower without a head keeps none
+                setattr(parent, name, MuDPTPoolingHead(head, self.slot))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         adapter_name = self.prompting_adapter()
         if adapter_name is None:
             return self.base_layer(*args, **kwargs)
-        with self.slot.filled(self.used_prompts(adapter_name), self.prompt_start):
+        prompts = self.used_prompts(adapter_name)
+        if self.spec.vision_attention_mask_arg is not None:
+            kwargs = self.spec.widen_vision_inputs(
+                self.base_layer, prompts.shape[1], named_arguments(self.base_layer, args, kwargs)
+            )
+            args = ()
+        with self.slot.filled(prompts, self.prompt_start):
             return self.base_layer(*args, **kwargs)
 
 
@@ -243,6 +281,30 @@ class MuDPTVisionEmbeddings(MuDPTLayer):
             return embeddings
         expanded = prompts[0].to(embeddings.dtype).unsqueeze(0).expand(embeddings.shape[0], -1, -1)
         return torch.cat([embeddings, expanded], dim=1)
+
+
+class MuDPTPoolingHead(MuDPTLayer):
+    """Wraps a pooling head over the final token sequence (SigLIP's attention-pooling head): the prompt tokens are
+    removed from its input, and from any per-token mask given with it, so that it pools the image tokens only.
+
+    Installed by [`MuDPTVisionTower`] when the spec has `vision_pooling_head` and `pool_visual_prompts=False`.
+    """
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        prompts = self.slot.prompts
+        if prompts is None:
+            return self.base_layer(hidden_states, *args, **kwargs)
+        length, n_ctx = hidden_states.shape[1], prompts.shape[1]
+        start = length - n_ctx if self.slot.start is None else self.slot.start
+
+        def without_prompts(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[1] == length:
+                return torch.cat([value[:, :start], value[:, start + n_ctx :]], dim=1)
+            return value
+
+        args = tuple(without_prompts(value) for value in args)
+        kwargs = {name: without_prompts(value) for name, value in kwargs.items()}
+        return self.base_layer(without_prompts(hidden_states), *args, **kwargs)
 
 
 class MuDPTDeepPromptLayer(MuDPTLayer):
