@@ -4,6 +4,7 @@ Importing this package registers the method with peft, so that `peft.get_peft_mo
 `PeftModel.from_pretrained` and `PeftConfig.from_pretrained` work with `"peft_type": "MUDPT"` adapters.
 """
 
+from . import hub
 from ._registration import MUDPT_PEFT_TYPE, MUDPT_PREFIX, register_mudpt
 from .classifier import PromptClassifier
 from .config import MuDPTConfig
@@ -20,6 +21,7 @@ from .families import (
     registered_families,
     supported_model_classes,
 )
+from .hub import allow_pickled_weights, write_model_card
 from .injection import InjectionModel
 from .model import MuDPTModel
 
@@ -66,6 +68,9 @@ __all__ = [
     "MuDPTConfig",
     "MuDPTModel",
     "PromptClassifier",
+    "allow_pickled_weights",
+    "hub",
+    "write_model_card",
     *_LAZY_EXPORTS,
     "get_family_spec",
     "register_family",

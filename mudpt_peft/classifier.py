@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,9 @@ from torch import nn
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from .layer import MuDPTTower
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
 
 
 def _features(output: Any) -> torch.Tensor:
@@ -49,6 +54,10 @@ class PromptClassifier(nn.Module):
         >>> clf.eval()
         >>> clf(pixel_values=pixel_values).logits.argmax(-1)
         ```
+
+    A classifier around a MuDPT adapter can be shared: [`~PromptClassifier.save_pretrained`] and
+    [`~PromptClassifier.push_to_hub`] store its adapter together with `prompt_classifier.json` (class names and
+    template), and [`~PromptClassifier.from_pretrained`] restores a ready classifier from a folder or a Hub repository.
     """
 
     def __init__(
@@ -178,3 +187,208 @@ class PromptClassifier(nn.Module):
             logits = self(pixel_values=pixel_values.to(dtype)).logits
             predictions.extend(self._class_names[i] for i in logits.argmax(-1).tolist())
         return predictions
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # saving, loading and sharing
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        eval_results: Mapping | Sequence[Mapping] | None = None,
+        is_main_process: bool = True,
+    ) -> Path:
+        """Save the active adapter, `prompt_classifier.json` (class names, template) and a model card to a folder.
+
+        The adapter is saved in the folder itself (whatever its name), crash-safe and with its weights fingerprint,
+        as [`mudpt_peft.hub.save_pretrained`] does. Reload with [`~PromptClassifier.from_pretrained`]; the folder is
+        also a plain peft adapter folder (`PeftModel.from_pretrained(base_model, save_directory)`).
+
+        Args:
+            save_directory (`str` or `os.PathLike`):
+                The folder (created if needed).
+            eval_results (`dict` or list of `dict`, *optional*):
+                Evaluation results for the model card: `dataset`, `accuracy` (top-1, in percent) and optionally
+                `shots`, `seed`, `split`, `top5_accuracy`, `dataset_id` (see [`mudpt_peft.hub.write_model_card`]).
+            is_main_process (`bool`, defaults to `True`):
+                Write nothing unless `True` (for distributed training).
+
+        Returns:
+            `Path`: the folder.
+        """
+        from .hub import save_pretrained
+
+        return save_pretrained(self, save_directory, eval_results=eval_results, is_main_process=is_main_process)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        create_pr: bool = False,
+        eval_results: Mapping | Sequence[Mapping] | None = None,
+    ) -> CommitInfo:
+        """Push the active adapter, `prompt_classifier.json` and a model card to a Hub repository, in one commit.
+
+        Args:
+            repo_id (`str`):
+                The repository, e.g. `"your-name/clip-maple-eurosat"` (created if needed).
+            subfolder (`str`, *optional*):
+                A folder of the repository, so that one repository can hold several classifiers or adapters.
+            revision (`str`, *optional*):
+                The branch to push to (created from `main` if needed).
+            commit_message (`str`, *optional*):
+                The commit message.
+            commit_description (`str`, *optional*):
+                The commit description.
+            private (`bool`, *optional*):
+                Whether a newly created repository is private.
+            token (`str` or `bool`, *optional*):
+                The Hub token (default: the one you are logged in with).
+            create_pr (`bool`, defaults to `False`):
+                Open a pull request instead of committing to `revision`.
+            eval_results (`dict` or list of `dict`, *optional*):
+                Evaluation results for the model card (see [`~PromptClassifier.save_pretrained`]).
+
+        Returns:
+            `huggingface_hub.CommitInfo`: the commit; its `oid` can be passed as `revision=` when loading.
+        """
+        from .hub import push_to_hub
+
+        return push_to_hub(
+            self,
+            repo_id,
+            subfolder=subfolder,
+            revision=revision,
+            commit_message=commit_message,
+            commit_description=commit_description,
+            private=private,
+            token=token,
+            create_pr=create_pr,
+            eval_results=eval_results,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base_model: nn.Module,
+        pretrained_model_name_or_path: str | os.PathLike,
+        tokenizer: Any = None,
+        image_processor: Any = None,
+        *,
+        adapter_name: str = "default",
+        is_trainable: bool = False,
+        revision: str | None = None,
+        subfolder: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        force_download: bool = False,
+        **kwargs: Any,
+    ) -> PromptClassifier:
+        """Restore a classifier saved with [`~PromptClassifier.save_pretrained`] or [`~PromptClassifier.push_to_hub`].
+
+        Loads the adapter onto `base_model` with `PeftModel.from_pretrained` and the class names and template from
+        `prompt_classifier.json`. Everything is checked before the base model is touched (the adapter's files, see
+        [`MuDPTConfig.from_pretrained`]; the classifier file; the base model's class, family and geometry as far as
+        the adapter recorded them, see [`mudpt_peft.hub.check_base_model`]; the tokenizer); if the adapter's tensors
+        do not fit the base model, the base model is left without MuDPT wrappers.
+
+        Args:
+            base_model (`nn.Module`):
+                The base model the adapter was trained on, e.g. `CLIPModel.from_pretrained(...)` (not wrapped by peft).
+            pretrained_model_name_or_path (`str` or `os.PathLike`):
+                A local folder or a Hub repository id.
+            tokenizer (*optional*):
+                The base model's tokenizer; by default `AutoTokenizer.from_pretrained(base_model.name_or_path)`.
+            image_processor (*optional*):
+                The base model's image processor, needed by [`~PromptClassifier.predict`] only.
+            adapter_name (`str`, defaults to `"default"`):
+                The name of the loaded adapter.
+            is_trainable (`bool`, defaults to `False`):
+                Load the adapter trainable (the classifier is then returned in training mode, otherwise in eval mode).
+            revision (`str`, *optional*):
+                A branch, tag or commit hash of the Hub repository.
+            subfolder (`str`, *optional*):
+                The folder of the classifier inside the repository or folder.
+            token (`str` or `bool`, *optional*):
+                The Hub token.
+            cache_dir (`str`, *optional*):
+                The Hub cache folder.
+            local_files_only (`bool`, defaults to `False`):
+                Use only files from the Hub cache.
+            force_download (`bool`, defaults to `False`):
+                Download the files again even if they are cached.
+            kwargs:
+                Passed to `PeftModel.from_pretrained` (e.g. `low_cpu_mem_usage`, `torch_device`).
+
+        Example:
+
+            ```py
+            >>> import mudpt_peft
+            >>> clip = CLIPModel.from_pretrained("openai/clip-vit-base-patch16")
+            >>> clf = mudpt_peft.PromptClassifier.from_pretrained(clip, "your-name/clip-maple-eurosat")
+            >>> clf.class_names[:3]
+            ```
+        """
+        from peft import PeftModel
+
+        from .hub import check_base_model, load_classifier_info
+
+        if isinstance(base_model, PeftModel):
+            raise ValueError(
+                "`base_model` is already a PeftModel; pass the plain base model (e.g. `CLIPModel.from_pretrained(...)`)"
+                ". To add the classifier's adapter to an existing PeftModel, use `peft_model.load_adapter(...)` and "
+                "build a `PromptClassifier` around it."
+            )
+        hub_kwargs = {
+            "revision": revision,
+            "token": token,
+            "cache_dir": cache_dir,
+            "local_files_only": local_files_only or None,
+            "force_download": force_download or None,
+        }
+        hub_kwargs = {key: value for key, value in hub_kwargs.items() if value is not None}
+        info, checked = load_classifier_info(pretrained_model_name_or_path, subfolder, **hub_kwargs)
+        check_base_model(checked.config, base_model)
+        if tokenizer is None:
+            tokenizer = _base_model_tokenizer(base_model)
+        if subfolder:
+            hub_kwargs["subfolder"] = subfolder
+        model = PeftModel.from_pretrained(
+            base_model,
+            pretrained_model_name_or_path,
+            adapter_name=adapter_name,
+            is_trainable=is_trainable,
+            **hub_kwargs,
+            **kwargs,
+        )
+        try:
+            classifier = cls(model, tokenizer, info["class_names"], info["template"], image_processor)
+        except Exception:
+            model.unload()  # leave the base model as it was given
+            raise
+        return classifier if is_trainable else classifier.eval()
+
+
+def _base_model_tokenizer(base_model: nn.Module) -> Any:
+    """`AutoTokenizer.from_pretrained(base_model.name_or_path)`, with an error that says what to do."""
+    source = getattr(base_model, "name_or_path", None) or None
+    if source is None:
+        raise ValueError(
+            "PromptClassifier.from_pretrained needs the base model's tokenizer, and the base model has no "
+            "`name_or_path` to load it from. Pass `tokenizer=` (e.g. `AutoTokenizer.from_pretrained(<model id>)`)."
+        )
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as error:  # OSError, ValueError, a missing tokenizers backend, a Hub error...
+        raise ValueError(
+            f"PromptClassifier.from_pretrained could not load the base model's tokenizer from {source!r} ({error}). "
+            "Pass `tokenizer=` (e.g. `AutoTokenizer.from_pretrained(<model id or local folder>)`)."
+        ) from error

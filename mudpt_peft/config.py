@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from peft.config import PeftConfig
 
@@ -190,6 +192,34 @@ class MuDPTConfig(PeftConfig):
     def resolved_vision_n_ctx(self) -> int:
         """The number of visual prompt tokens per layer (`vision_n_ctx`, else `n_ctx`)."""
         return self.n_ctx if self.vision_n_ctx is None else self.vision_n_ctx
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None, **kwargs: Any
+    ) -> MuDPTConfig:
+        """Load the config of a MuDPT adapter from a local folder or a Hub repository, after checking the adapter.
+
+        peft calls this (as the registered config class of `MUDPT`) in `PeftModel.from_pretrained` and
+        `PeftModel.load_adapter` before it creates any adapter weight, so an adapter refused here leaves the model as
+        it was. On top of `PeftConfig.from_pretrained`, a `ValueError` that names the file and says what to do is
+        raised when the repository, revision or file does not exist, or `adapter_config.json` is not valid JSON or not
+        a MUDPT config; and, when peft is loading the adapter (the weights are not needed to read a config saved on
+        its own), when `adapter_model.safetensors` is missing, truncated or corrupted, or is not the file that was
+        saved with this config, or the weights exist only as a pickled `adapter_model.bin` and pickles were not
+        allowed with `mudpt_peft.allow_pickled_weights()`. `mudpt_peft.hub.check_adapter` runs all these checks.
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`):
+                A local folder or a Hub repository id.
+            subfolder (`str`, *optional*):
+                The folder of the adapter inside it.
+            kwargs:
+                `revision`, `token`, `cache_dir`, `local_files_only`, `force_download` for the Hub, and config fields
+                to override.
+        """
+        from .hub import load_config
+
+        return load_config(cls, pretrained_model_name_or_path, subfolder, **kwargs)
 
     @classmethod
     def for_method(cls, method: str, **overrides) -> MuDPTConfig:
