@@ -84,6 +84,14 @@ def named_arguments(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> d
     return {**named, **kwargs}
 
 
+def refuse_merge() -> None:
+    """Raise the `NotImplementedError` of every merge operation: prompts have no weight delta to merge."""
+    raise NotImplementedError(
+        "MuDPT adapters cannot be merged: prompts add tokens to the sequence and have no weight delta. "
+        "Keep the PeftModel, or use `unload()` to get the base model back."
+    )
+
+
 class MuDPTLayer(nn.Module, BaseTunerLayer):
     """Base class of the MuDPT wrappers.
 
@@ -111,10 +119,7 @@ class MuDPTLayer(nn.Module, BaseTunerLayer):
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Prompts add tokens; they have no weight delta that could be merged into the base model."""
-        raise NotImplementedError(
-            "MuDPT adapters cannot be merged: prompts add tokens to the sequence and have no weight delta. "
-            "Keep the PeftModel, or use `unload()` to get the base model back."
-        )
+        refuse_merge()
 
     def unmerge(self) -> None:
         """Nothing is ever merged (see [`~MuDPTLayer.merge`])."""

@@ -28,6 +28,7 @@ from .layer import (
     MuDPTTower,
     MuDPTVisionEmbeddings,
     MuDPTVisionTower,
+    refuse_merge,
 )
 
 
@@ -160,7 +161,7 @@ class MuDPTModel(BaseTuner):
         adapter_names: list[str] | None = None,
     ) -> nn.Module:
         if merge:
-            MuDPTLayer.merge(None)  # raises: prompts cannot be merged
+            refuse_merge()
         wrappers = [(name, module) for name, module in self.model.named_modules() if isinstance(module, MuDPTLayer)]
         # innermost first, so that every parent path still resolves when its child is replaced
         for name, module in sorted(wrappers, key=lambda item: item[0].count("."), reverse=True):
@@ -172,7 +173,7 @@ class MuDPTModel(BaseTuner):
 
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         """Not supported: prompts have no weight delta to merge. Raises `NotImplementedError`."""
-        MuDPTLayer.merge(None)
+        refuse_merge()
 
     def unmerge_adapter(self) -> None:
         """Nothing is ever merged, so there is nothing to unmerge."""
@@ -371,7 +372,8 @@ def _make_fusions(config: MuDPTConfig, geometry: dict[str, int], towers: dict[st
     widths = {"text": geometry["text_width"], "vision": geometry["vision_width"]}
     # text layer 0 is never fused (except by cross-attention); without a shared deep layer the text side has nothing
     # to fuse, and a parameter that never receives a gradient would also break DDP without find_unused_parameters
-    shared_deep = min(config.resolved_text_depth, config.resolved_vision_depth) > 1
+    shared_depth = min(config.resolved_text_depth, config.resolved_vision_depth)
+    shared_deep = shared_depth > 1
     fusions: dict[str, nn.Module] = {}
     for target, source in (("text", "vision"), ("vision", "text")):
         factory = _factory(towers[target])
@@ -392,8 +394,8 @@ def _make_fusions(config: MuDPTConfig, geometry: dict[str, int], towers: dict[st
                 **factory,
             )
         elif config.fusion == "linear":
-            shared = min(config.resolved_text_depth, config.resolved_vision_depth)
-            fusion = LinearFusion(source_width, target_width, shared - 1, **factory) if shared_deep else NoFusion()
+            layers = shared_depth - 1
+            fusion = LinearFusion(source_width, target_width, layers, **factory) if shared_deep else NoFusion()
         elif config.fusion == "text_to_vision":
             fusion = (
                 NoFusion()
