@@ -332,7 +332,7 @@ def few_shot(dataset: Any, shots: int, seed: int = 1, label_column: str = "label
 
     Raises:
         `ValueError`: if `shots` is not a positive integer, the label column is missing, or some classes have fewer
-        than `shots` examples (the message names them with their counts).
+            than `shots` examples (the message names them with their counts).
     """
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
         raise ValueError(f"`shots` must be an integer >= 1, got {shots!r}.")
