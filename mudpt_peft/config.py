@@ -221,6 +221,25 @@ class MuDPTConfig(PeftConfig):
 
         return load_config(cls, pretrained_model_name_or_path, subfolder, **kwargs)
 
+    def record_base_model(self, record: dict[str, Any]) -> None:
+        """Remember the family and geometry of the base model this adapter was created on (`MuDPTModel` calls this).
+
+        `save_pretrained` writes them into `auto_mapping` of `adapter_config.json`, beside the base model class that
+        peft records, so that loading the adapter onto a model of another family or geometry is refused (see
+        `mudpt_peft.hub.check_base_model`). Not a config field: it does not take part in comparisons.
+        """
+        self._base_model_record = dict(record)
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+        """`PeftConfig.save_pretrained`, with the base model's family and geometry added to `auto_mapping` when this
+        config was used to create an adapter (so a plain `PeftModel.save_pretrained` or `push_to_hub` records them).
+        """
+        record = getattr(self, "_base_model_record", None)
+        if record:
+            recorded = kwargs.get("auto_mapping_dict") or self.auto_mapping or {}
+            kwargs["auto_mapping_dict"] = {**recorded, **record}
+        super().save_pretrained(save_directory, **kwargs)
+
     @classmethod
     def for_method(cls, method: str, **overrides) -> MuDPTConfig:
         """A config for one of the prompt-learning methods, with its paper's defaults; `overrides` replace any field.

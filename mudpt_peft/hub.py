@@ -67,6 +67,7 @@ __all__ = [
     "CLASSIFIER_CONFIG_NAME",
     "WEIGHTS_FINGERPRINT_KEY",
     "allow_pickled_weights",
+    "base_model_record",
     "check_adapter",
     "check_base_model",
     "method_preset",
@@ -400,8 +401,9 @@ def load_config(
         raise ValueError(f"{source.describe(CONFIG_NAME)} is not a valid MuDPT config: {error}") from error
 
 
-def _base_model_record(model: Any) -> dict[str, Any]:
-    """The family name and geometry of a base model, as recorded in `auto_mapping` by [`save_pretrained`]."""
+def base_model_record(model: Any) -> dict[str, Any]:
+    """The family name and geometry (widths, layer counts) of a base model, as adapters record them in
+    `auto_mapping` of `adapter_config.json` and [`check_base_model`] compares them."""
     from .families import get_family_spec
 
     spec = get_family_spec(model)
@@ -421,7 +423,9 @@ def check_base_model(config: MuDPTConfig | Mapping[str, Any], model: Any) -> Non
     also record its family and geometry (widths and layer counts). An adapter whose tensors fit but that was trained
     for another family (e.g. a CLIP adapter on a SigLIP model of the same widths) or for a model with other layer
     counts would otherwise load without error; this raises a `ValueError` instead. Checks that nothing recorded are
-    skipped. [`~mudpt_peft.PromptClassifier.from_pretrained`] calls it before loading.
+    skipped. The tuner calls it before it creates any adapter weight, so `PeftModel.from_pretrained`, `load_adapter`
+    and [`~mudpt_peft.PromptClassifier.from_pretrained`] refuse such an adapter and leave the model as it was; a
+    plain `PeftModel.save_pretrained` / `push_to_hub` records the family and geometry too.
 
     Args:
         config (`MuDPTConfig` or `dict`):
@@ -433,11 +437,14 @@ def check_base_model(config: MuDPTConfig | Mapping[str, Any], model: Any) -> Non
     if not isinstance(auto_mapping, Mapping):
         return
     base_name = config.get("base_model_name_or_path") if isinstance(config, Mapping) else None
-    base_name = base_name or getattr(config, "base_model_name_or_path", None) or "its base model"
-    hint = f"Load it onto the base model it was trained for ('{base_name}')."
+    base_name = base_name or getattr(config, "base_model_name_or_path", None)
+    hint = (
+        f"Load it onto the base model it was trained for{f' ({base_name!r})' if base_name else ''}; to start a new "
+        "adapter on this model from its config instead, set `config.auto_mapping = None` first."
+    )
     recorded_class = auto_mapping.get("base_model_class")
     recorded_family = auto_mapping.get(BASE_FAMILY_KEY)
-    actual = _base_model_record(model)
+    actual = base_model_record(model)
     if recorded_family is not None and recorded_family != actual[BASE_FAMILY_KEY]:
         raise ValueError(
             f"This MuDPT adapter was saved for a {recorded_class or recorded_family} model (family "
@@ -872,7 +879,7 @@ def _stage(
 ) -> None:
     """Write every file of the save into `staging` (in `layout`), with fingerprints and the model card."""
     _normalize_eval_results(eval_results)  # fail before writing anything
-    base_record = _base_model_record(peft_model.get_base_model())
+    base_record = base_model_record(peft_model.get_base_model())
     peft_model.save_pretrained(str(staging), selected_adapters=list(layout), safe_serialization=True)
     for name, folder in layout.items():
         written = staging / ("" if name == "default" else name)

@@ -98,9 +98,13 @@ class MuDPTModel(BaseTuner):
         embeddings and the encoder layers that get deep prompts; later adapters reuse the wrappers (and wrap more
         layers if they are deeper).
         """
+        from .hub import base_model_record, check_base_model
+
         config: MuDPTConfig = self.peft_config[adapter_name]
         if not isinstance(config, MuDPTConfig):
             raise ValueError(f"Expected a MuDPTConfig for adapter '{adapter_name}', got {type(config).__name__}.")
+        # a loaded adapter records the base model it was saved from: refuse another family or geometry up front
+        check_base_model(config, model)
         spec = get_family_spec(model)
         init_ids = _resolve_ctx_init(config, model, spec)  # may set n_ctx from the word count
         geometry = _validate_against_model(config, model, spec)
@@ -118,6 +122,7 @@ class MuDPTModel(BaseTuner):
         if "vision" in towers:
             self._wrap_deep_layers(towers["vision"], spec.vision_layers, config.resolved_vision_depth)
 
+        config.record_base_model(base_model_record(model))
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
         if first_adapter:
             self._mark_only_adapters_as_trainable(model)

@@ -775,9 +775,13 @@ def test_adapters_for_another_base_are_refused(api, base_repo, repo_id):
 
     for index, (geometry, depth, match) in enumerate(
         (
-            ({"text_width": 16}, 2, r"does not fit this base model.*has shape"),
-            ({"vision_width": 64}, 2, r"does not fit this base model.*has shape"),
-            ({"text_layers": 6, "vision_layers": 6}, 6, r"`depth`=6 is larger than the text tower's 4 layers"),
+            ({"text_width": 16}, 2, r"saved for a base model with text_width 16 \(this model: 32\)"),
+            ({"vision_width": 64}, 2, r"saved for a base model with vision_width 64 \(this model: 48\)"),
+            (
+                {"text_layers": 6, "vision_layers": 6},
+                6,
+                r"saved for a base model with text_layers 6 \(this model: 4\), vision_layers 6 \(this model: 4\)",
+            ),
         )
     ):
         other = get_peft_model(make_clip(eos_token_id=TOKENIZER_EOS_ID, **geometry), MuDPTConfig(depth=depth))
@@ -788,22 +792,40 @@ def test_adapters_for_another_base_are_refused(api, base_repo, repo_id):
     tokenizer = AutoTokenizer.from_pretrained(base_repo)
     model = adapter(MuDPTConfig(depth=2), seed=1)
     PromptClassifier(model, tokenizer, CLASSES).push_to_hub(repo_id, subfolder="helper")  # records family, geometry
-    model.push_to_hub(repo_id)  # plain peft: records `auto_mapping.base_model_class` only
+    model.push_to_hub(repo_id)  # plain peft push: the config records the family and geometry too
     siglip = tiny_siglip()
     state = Untouched(siglip)
     with pytest.raises(ValueError, match=r"saved for a CLIPModel model \(family 'clip'\), not for a SiglipModel"):
         PromptClassifier.from_pretrained(siglip, repo_id, subfolder="helper", tokenizer=tokenizer)
     state.check()
-    with pytest.raises(ValueError, match=r"saved for a CLIPModel \(`auto_mapping.base_model_class`.*not for a Siglip"):
+    with pytest.raises(ValueError, match=r"saved for a CLIPModel model \(family 'clip'\), not for a SiglipModel"):
         hub.check_base_model(MuDPTConfig.from_pretrained(repo_id), siglip)
+    # peft's own loader and load_adapter refuse it too, before any weight is created
+    for subfolder in (None, "helper"):
+        with pytest.raises(ValueError, match=r"saved for a CLIPModel model \(family 'clip'\), not for a SiglipModel"):
+            PeftModel.from_pretrained(siglip, repo_id, subfolder=subfolder)
+        state.check()
     deeper = make_clip(eos_token_id=TOKENIZER_EOS_ID, text_layers=6)
     state = Untouched(deeper)
     with pytest.raises(ValueError, match=r"saved for a base model with text_layers 4 \(this model: 6\)"):
         PromptClassifier.from_pretrained(deeper, repo_id, subfolder="helper", tokenizer=tokenizer)
     state.check()
-    hub.check_base_model(MuDPTConfig.from_pretrained(repo_id, subfolder="helper"), base())  # the right base passes
-    # documented limit: peft's own loader has no such hook, so the SigLIP model takes the CLIP adapter's tensors
-    assert has_wrappers(PeftModel.from_pretrained(tiny_siglip(), repo_id, subfolder="helper"))
+    with pytest.raises(ValueError, match=r"saved for a base model with text_layers 4 \(this model: 6\)"):
+        PeftModel.from_pretrained(deeper, repo_id)
+    state.check()
+    loaded = PeftModel.from_pretrained(base(), repo_id)
+    siglip_model = get_peft_model(tiny_siglip(), MuDPTConfig(depth=2))
+    with pytest.raises(ValueError, match=r"family 'clip'\), not for a SiglipModel"):  # load_adapter onto SigLIP
+        siglip_model.load_adapter(repo_id, adapter_name="clip")
+    assert list(siglip_model.peft_config) == ["default"]
+    loaded.load_adapter(repo_id, adapter_name="second", subfolder="helper")  # the right base passes
+    hub.check_base_model(MuDPTConfig.from_pretrained(repo_id, subfolder="helper"), base())
+    # a config of another base model can start a fresh adapter once its record is dropped
+    config = MuDPTConfig.from_pretrained(repo_id)
+    with pytest.raises(ValueError, match=r"set `config.auto_mapping = None` first"):
+        get_peft_model(tiny_siglip(), config)
+    config.auto_mapping = None
+    assert has_wrappers(get_peft_model(tiny_siglip(), config))
 
 
 @hub_test

@@ -117,26 +117,45 @@ def test_load_adapter_under_a_second_name(tmp_path, inputs):
     assert torch.equal(logits(model, inputs), logits(source, inputs))
 
 
-def _mismatching_checkpoint(tmp_path, **geometry):
+def _mismatching_checkpoint(tmp_path, recorded: bool, **geometry):
     other = get_peft_model(make_clip(**geometry), MuDPTConfig(depth=2))
     other.save_pretrained(tmp_path)
+    config_file = tmp_path / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    assert config["auto_mapping"]["mudpt_base_geometry"] == {
+        "text_width": geometry.get("text_width", 32),
+        "vision_width": geometry.get("vision_width", 48),
+        "text_layers": 4,
+        "vision_layers": 4,
+    }
+    if not recorded:  # as saved by a tool that does not record the base model: the tensor shapes still disagree
+        config["auto_mapping"] = None
+        config_file.write_text(json.dumps(config))
     return tmp_path
 
 
-@pytest.mark.parametrize("geometry", [{"text_width": 16}, {"vision_width": 64}])
-def test_loading_on_another_geometry_fails_clearly_and_leaves_no_wrappers(tmp_path, inputs, geometry):
-    path = _mismatching_checkpoint(tmp_path, **geometry)
+@pytest.mark.parametrize(
+    "geometry, recorded, error",
+    [
+        ({"text_width": 16}, True, r"saved for a base model with text_width 16 \(this model: 32\)"),
+        ({"vision_width": 64}, True, r"saved for a base model with vision_width 64 \(this model: 48\)"),
+        ({"text_width": 16}, False, r"does not fit this base model.*has shape"),
+        ({"vision_width": 64}, False, r"does not fit this base model.*has shape"),
+    ],
+)
+def test_loading_on_another_geometry_fails_clearly_and_leaves_no_wrappers(tmp_path, inputs, geometry, recorded, error):
+    path = _mismatching_checkpoint(tmp_path, recorded, **geometry)
     base = make_clip()
     pristine = logits(base, inputs)
     keys = set(base.state_dict())
-    with pytest.raises(ValueError, match=r"does not fit this base model.*has shape"):
+    with pytest.raises(ValueError, match=error):
         PeftModel.from_pretrained(base, path)
     assert not any(isinstance(m, MuDPTLayer) for m in base.modules())
     assert set(base.state_dict()) == keys and torch.equal(logits(base, inputs), pristine)
 
     model = get_peft_model(make_clip(), MuDPTConfig(depth=2))
     before = logits(model, inputs)
-    with pytest.raises(ValueError, match="does not fit this base model"):
+    with pytest.raises(ValueError, match=error):
         model.load_adapter(path, adapter_name="bad")
     assert list(model.peft_config) == ["default"]
     assert "bad" not in model.base_model.model.text_model.mudpt_prompts
