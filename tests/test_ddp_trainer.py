@@ -1,10 +1,11 @@
-"""`PromptTuningTrainer` under `torchrun` (2 CPU processes, gloo) equals one process with the same global batch; bf16
-autocast on CPU keeps the adapter in fp32."""
+"""`PromptTuningTrainer` under `torchrun` and `accelerate launch` (2 CPU processes, gloo) equals one process with the
+same global batch; bf16 autocast on CPU keeps the adapter in fp32."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -33,20 +34,40 @@ def adapter(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
-def test_torchrun_two_processes_equal_one_process_with_the_global_batch(tmp_path, tokenizer_dir):
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launcher_command(launcher: str) -> list[str]:
+    """The command that starts 2 CPU processes of the training script: torchrun, or `accelerate launch` (whose
+    `--multi_gpu` launcher is torchrun underneath; without a GPU each worker's Trainer initialises gloo, i.e. DDP on
+    CPU, which `--cpu` would not do: `--cpu` with several processes needs MPI)."""
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
+        "--dynamo_backend", "no",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, tokenizer_dir, launcher):
     ddp_dir = tmp_path / "ddp"
     ddp_dir.mkdir()
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    command = launcher_command(launcher) + [
         str(SCRIPT), "--output-dir", str(ddp_dir), "--tokenizer-dir", str(tokenizer_dir),
         "--per-device-batch", "4", "--steps", "3",
     ]  # fmt: skip
     environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     environment["OMP_NUM_THREADS"] = "1"
+    environment["HF_HOME"] = str(tmp_path / "hf_home")  # no developer accelerate config (default_config.yaml)
     start = time.perf_counter()
     run = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
     elapsed = time.perf_counter() - start
-    print(f"\ntorchrun (2 CPU processes, 3 steps, evaluate, save) wall time: {elapsed:.1f} s")
+    print(f"\n{launcher} (2 CPU processes, 3 steps, evaluate, save) wall time: {elapsed:.1f} s")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
 
     rank0 = torch.load(ddp_dir / "adapter_rank0.pt")
