@@ -17,15 +17,19 @@ def register_mudpt() -> None:
     """Register MuDPT with peft, once.
 
     Afterwards `get_peft_model`, `PeftModel.from_pretrained` and `PeftConfig.from_pretrained` accept
-    `"peft_type": "MUDPT"`. Calling it again is a no-op; if the registered classes come from an earlier import of this
-    package (e.g. after `importlib.reload`), the mappings are pointed at the current classes.
+    `"peft_type": "MUDPT"`, and a plain `PeftModel.save_pretrained` / `push_to_hub` of MuDPT adapters writes the
+    MuDPT model card and the weights' fingerprint (see `mudpt_peft._peft_hooks`). Calling it again is a no-op; if
+    the registered classes come from an earlier import of this package (e.g. after `importlib.reload`), the mappings
+    are pointed at the current classes.
     """
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
     from peft.utils import register_peft_method
 
+    from ._peft_hooks import install
     from .config import MuDPTConfig
     from .model import MuDPTModel
 
+    install()  # MuDPT model card and weights fingerprint for plain save_pretrained / push_to_hub
     if MUDPT_PEFT_TYPE not in PEFT_TYPE_TO_CONFIG_MAPPING:
         register_peft_method(name="mudpt", config_cls=MuDPTConfig, model_cls=MuDPTModel, prefix=MUDPT_PREFIX)
         return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,7 +12,11 @@ from torch import nn
 from .classifier import PromptClassifier
 from .data import ImageClassificationCollator, check_image_classification_dataset
 
-__all__ = ["accuracy_metrics", "evaluate", "harmonic_mean"]
+__all__ = ["accuracy_metrics", "evaluate", "harmonic_mean", "record_eval_result", "recorded_eval_results"]
+
+#: The attribute of an adapter's `MuDPTConfig` that holds its recorded evaluation results (not saved in the config).
+_RESULTS_ATTRIBUTE = "_mudpt_eval_results"
+_RESULT_KEYS = ("dataset", "split", "shots", "seed", "accuracy", "top5_accuracy")
 
 
 def accuracy_metrics(logits: Any, labels: Any) -> dict[str, float]:
@@ -56,6 +60,10 @@ def evaluate(
     batch_size: int = 100,
     image_column: str = "image",
     label_column: str = "label",
+    dataset_name: str | None = None,
+    split: str | None = None,
+    shots: int | None = None,
+    seed: int | None = None,
 ) -> dict[str, float]:
     """Classification accuracy of `model` on `dataset` against the prompts of `class_names`.
 
@@ -63,6 +71,9 @@ def evaluate(
     [`PromptClassifier`] in eval mode, so the class features are computed once and reused for every batch. The model's
     train/eval mode is restored afterwards. For cross-dataset evaluation, call this once per target dataset with that
     dataset's own class names.
+
+    With a MuDPT adapter, the result is also recorded for the active adapter ([`record_eval_result`]), so that the
+    model card written by `model.push_to_hub` / `save_pretrained` (and the `mudpt_peft.hub` helpers) lists it.
 
     Args:
         model (`nn.Module`):
@@ -83,6 +94,14 @@ def evaluate(
             The column with the images.
         label_column (`str`, defaults to `"label"`):
             The column with the labels.
+        dataset_name (`str`, *optional*):
+            The dataset's name for the model card (default: the name `datasets` knows, else `"unnamed"`).
+        split (`str`, *optional*):
+            The evaluated split for the model card (default: the split `datasets` knows).
+        shots (`int`, *optional*):
+            Training examples per class of the adapter, for the model card.
+        seed (`int`, *optional*):
+            The seed of the run, for the model card.
 
     Returns:
         `dict`: `accuracy` (top-1, percent), `top5_accuracy` (percent, with at least 5 classes) and `num_examples`.
@@ -109,7 +128,85 @@ def evaluate(
         model.train(was_training)
     metrics = accuracy_metrics(torch.cat(all_logits), torch.cat(all_labels))
     metrics["num_examples"] = len(dataset)
+    record_eval_result(
+        model,
+        {
+            "dataset": dataset_name or dataset_name_of(dataset) or "unnamed",
+            "split": split or split_of(dataset),
+            "shots": shots,
+            "seed": seed,
+            **{key: metrics[key] for key in ("accuracy", "top5_accuracy") if key in metrics},
+        },
+    )
     return metrics
+
+
+def dataset_name_of(dataset: Any) -> str | None:
+    """The name an HF `datasets.Dataset` knows for itself (`info.dataset_name`, else `info.builder_name`), if any."""
+    info = getattr(dataset, "info", None)
+    name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
+    return str(name) if name else None
+
+
+def split_of(dataset: Any) -> str | None:
+    """The split an HF `datasets.Dataset` knows it is (e.g. `"test"`), if any."""
+    split = getattr(dataset, "split", None)
+    return str(split) if split else None
+
+
+def _active_mudpt_configs(model: Any) -> list[Any]:
+    from .config import MuDPTConfig
+    from .layer import MuDPTLayer
+
+    peft_config = getattr(model, "peft_config", None)
+    if not isinstance(peft_config, Mapping):
+        return []
+    layer = next((module for module in model.modules() if isinstance(module, MuDPTLayer)), None)
+    if layer is None or layer.disable_adapters:  # inside `disable_adapter()`: zero-shot, not the adapter's result
+        return []
+    active = getattr(model, "active_adapters", None) or []
+    active = [active] if isinstance(active, str) else list(active)
+    return [peft_config[name] for name in active if isinstance(peft_config.get(name), MuDPTConfig)]
+
+
+def record_eval_result(model: Any, result: Mapping[str, Any]) -> None:
+    """Remember an evaluation result of `model`'s active MuDPT adapter(s), for their model card.
+
+    [`evaluate`] and `PromptTuningTrainer.evaluate` call this. The result is kept with the adapter's config in memory
+    (not in `adapter_config.json`) and listed in the "Evaluation" section and the `model-index` metadata of the model
+    card that a later `model.push_to_hub`, `model.save_pretrained` or `mudpt_peft.hub` helper writes. A later result
+    for the same dataset, split, shots and seed replaces the earlier one. Nothing is recorded for a model without a
+    MuDPT adapter (zero-shot CLIP) or inside `disable_adapter()`.
+
+    Args:
+        model (`PeftModel`):
+            The evaluated model.
+        result (`dict`):
+            `dataset` (a name) and `accuracy` (top-1, percent), optionally `top5_accuracy`, `split`, `shots`, `seed`;
+            entries that are `None` are left out.
+    """
+    row = {key: result[key] for key in _RESULT_KEYS if result.get(key) is not None}
+    unknown = sorted(set(result) - set(_RESULT_KEYS))
+    if unknown or "dataset" not in row or "accuracy" not in row:
+        raise ValueError(
+            f"An evaluation result needs `dataset` and `accuracy` and may have {', '.join(_RESULT_KEYS[1:])}; got "
+            f"{sorted(result)}."
+        )
+    row["accuracy"] = float(row["accuracy"])
+    if "top5_accuracy" in row:
+        row["top5_accuracy"] = float(row["top5_accuracy"])
+    key = tuple(row.get(name) for name in ("dataset", "split", "shots", "seed"))
+    for config in _active_mudpt_configs(model):
+        results = [r for r in getattr(config, _RESULTS_ATTRIBUTE, []) if r["key"] != key]
+        results.append({"key": key, "row": row})
+        setattr(config, _RESULTS_ATTRIBUTE, results)
+
+
+def recorded_eval_results(model: Any, adapter_name: str = "default") -> list[dict[str, Any]]:
+    """The evaluation results recorded for adapter `adapter_name` of `model` (see [`record_eval_result`]), oldest
+    first, as dicts with `dataset`, `accuracy` and whichever of `top5_accuracy`, `split`, `shots`, `seed` are known."""
+    config = getattr(model, "peft_config", {}).get(adapter_name)
+    return [dict(entry["row"]) for entry in getattr(config, _RESULTS_ATTRIBUTE, [])]
 
 
 def _model_image_size(model: nn.Module) -> int | None:

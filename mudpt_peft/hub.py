@@ -70,9 +70,12 @@ __all__ = [
     "base_model_record",
     "check_adapter",
     "check_base_model",
+    "finish_plain_save",
+    "is_mudpt_model",
     "method_preset",
     "pickled_weights_allowed",
     "push_to_hub",
+    "rewrite_card_for_push",
     "save_pretrained",
     "write_model_card",
 ]
@@ -574,6 +577,7 @@ def _model_card_text(
     repo_id: str | None,
     subfolder: str | None,
     revision: str | None,
+    extra_tags: Sequence[str] = (),
 ) -> str:
     import peft
     import torch
@@ -594,6 +598,7 @@ def _model_card_text(
     tags = ["mudpt", "prompt-tuning", family, *methods]
     if base_id:
         tags.append(f"base_model:adapter:{base_id}")
+    tags += [str(tag) for tag in extra_tags]
     model_name = (repo_id.split("/")[-1] if repo_id else None) or f"{base_id or family} MuDPT adapter"
     eval_results = [
         EvalResult(
@@ -738,6 +743,17 @@ def _model_card_text(
     return f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines)
 
 
+def _recorded_rows(model: PeftModel, layout: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The evaluation results recorded for the adapters in `layout` (by `mudpt_peft.evaluate` or the trainer)."""
+    from .evaluation import recorded_eval_results
+
+    rows = []
+    for name in layout:
+        for row in recorded_eval_results(model, name):
+            rows.append({**row, "adapter": name} if len(layout) > 1 else row)
+    return rows
+
+
 def _card_adapters(model: PeftModel, layout: Mapping[str, str], directory: Path) -> list[_CardAdapter]:
     adapters = []
     for name, folder in layout.items():
@@ -780,7 +796,8 @@ def write_model_card(
         eval_results (`dict` or list of `dict`, *optional*):
             Evaluation results, each with `dataset` and `accuracy` (top-1, in percent; `eval_accuracy` as returned by
             the trainer's `evaluate()` is accepted too) and optionally `shots`, `seed`, `split`, `top5_accuracy`,
-            `dataset_id` (the dataset's Hub id) and `adapter`.
+            `dataset_id` (the dataset's Hub id) and `adapter`. Default: the results recorded for the adapters by
+            `mudpt_peft.evaluate` and `PromptTuningTrainer.evaluate` (pass `[]` for none).
         repo_id (`str`, *optional*):
             The Hub repository the folder is for, used in the loading snippet.
 
@@ -809,13 +826,14 @@ def _write_card(
     repo_id: str | None,
     subfolder: str | None,
     revision: str | None,
+    extra_tags: Sequence[str] = (),
 ) -> Path:
-    rows = _normalize_eval_results(eval_results)
+    rows = _normalize_eval_results(eval_results) if eval_results is not None else _recorded_rows(model, layout)
     for row in rows:
         if row.get("adapter") is not None and row["adapter"] not in layout:
             raise ValueError(f"`eval_results` names the adapter {row['adapter']!r}, which is not saved here.")
     adapters = _card_adapters(model, layout, directory)
-    text = _model_card_text(model, adapters, rows, classifier, repo_id, subfolder, revision)
+    text = _model_card_text(model, adapters, rows, classifier, repo_id, subfolder, revision, extra_tags)
     path = directory / "README.md"
     directory.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
@@ -887,11 +905,7 @@ def _stage(
             for item in written.iterdir():
                 os.replace(item, staging / folder / item.name)
             written.rmdir()
-        config_path = staging / folder / CONFIG_NAME
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        sha = _sha256(staging / folder / SAFETENSORS_WEIGHTS_NAME)
-        config["auto_mapping"] = {**(config.get("auto_mapping") or {}), WEIGHTS_FINGERPRINT_KEY: sha, **base_record}
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+        sha = _record_fingerprint(staging / folder, base_record)
         if classifier is not None:
             info = {
                 "format_version": _CLASSIFIER_FORMAT,
@@ -901,6 +915,67 @@ def _stage(
             }
             (staging / folder / CLASSIFIER_CONFIG_NAME).write_text(json.dumps(info, indent=2), encoding="utf-8")
     _write_card(peft_model, classifier, layout, staging, eval_results, repo_id, subfolder, revision)
+
+
+def _record_fingerprint(folder: Path, base_record: Mapping[str, Any]) -> str:
+    """Write the sha256 of `folder`'s safetensors weights (and the base model record) into its `adapter_config.json`,
+    last, so that weights and config written by different saves are told apart on loading; return the sha256."""
+    config_path = folder / CONFIG_NAME
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    sha = _sha256(folder / SAFETENSORS_WEIGHTS_NAME)
+    config["auto_mapping"] = {**(config.get("auto_mapping") or {}), WEIGHTS_FINGERPRINT_KEY: sha, **base_record}
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+    return sha
+
+
+def is_mudpt_model(model: Any) -> bool:
+    """Whether `model` is a `PeftModel` whose adapters are all MuDPT adapters."""
+    from .config import MuDPTConfig
+
+    configs = getattr(model, "peft_config", None)
+    return isinstance(configs, Mapping) and bool(configs) and all(isinstance(c, MuDPTConfig) for c in configs.values())
+
+
+def finish_plain_save(model: PeftModel, save_directory: str | os.PathLike, selected: Sequence[str] | None) -> None:
+    """What a plain `PeftModel.save_pretrained` of MuDPT adapters adds after peft has written its files: the weights'
+    fingerprint in each `adapter_config.json` and the MuDPT model card (with the recorded evaluation results).
+
+    `import mudpt_peft` installs this after `PeftModel.save_pretrained` for models whose adapters are all MuDPT
+    adapters saved as safetensors (see `mudpt_peft._peft_hooks`).
+    """
+    directory = Path(save_directory)
+    layout = _selected_adapters(model, None, selected)
+    base_record = base_model_record(model.get_base_model())
+    for folder in layout.values():
+        if (directory / folder / SAFETENSORS_WEIGHTS_NAME).is_file():
+            _record_fingerprint(directory / folder, base_record)
+    _write_card(model, None, layout, directory, None, None, None, None)
+
+
+def rewrite_card_for_push(
+    model: PeftModel, working_dir: str | os.PathLike, repo_id: str, revision: str | None = None
+) -> None:
+    """Replace the card that transformers' `push_to_hub` put into its upload folder (the repository's card, or a blank
+    template for a new repository) by the MuDPT model card, keeping that card's tags.
+
+    `import mudpt_peft` installs this before the upload of a plain `PeftModel.push_to_hub` of MuDPT adapters.
+    """
+    from huggingface_hub import ModelCard
+
+    directory = Path(working_dir)
+    layout = {
+        name: folder
+        for name, folder in _selected_adapters(model, None, None).items()
+        if (directory / folder / CONFIG_NAME).is_file()
+    }
+    if not layout:
+        return
+    tags: list[str] = []
+    card_path = directory / "README.md"
+    if card_path.is_file():
+        with contextlib.suppress(Exception):  # an unreadable card is replaced all the same
+            tags = list(ModelCard.load(card_path).data.tags or [])
+    _write_card(model, None, layout, directory, None, repo_id, None, revision, extra_tags=tags)
 
 
 def _fsync(path: Path) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
@@ -16,7 +17,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from .classifier import PromptClassifier
 from .data import ImageClassificationCollator, check_image_classification_dataset
-from .evaluation import _model_image_size, accuracy_metrics
+from .evaluation import _model_image_size, accuracy_metrics, dataset_name_of, record_eval_result, split_of
 
 __all__ = ["TRAINING_RECIPES", "PromptTuningTrainer", "default_training_arguments"]
 
@@ -428,6 +429,41 @@ class PromptTuningTrainer(Trainer):
         if prediction_loss_only:
             return loss, None, None
         return loss, output.logits.detach(), labels
+
+    def evaluate(
+        self,
+        eval_dataset: Any | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """`Trainer.evaluate`; the accuracy is also recorded for the adapter's model card (see
+        [`~mudpt_peft.evaluation.record_eval_result`]), with the dataset's name (or the key of a dict of evaluation
+        datasets), its split, the training seed and the shots per class of a class-balanced training set."""
+        metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, Mapping) or f"{metric_key_prefix}_accuracy" not in metrics:
+            return metrics  # a dict of datasets: each was recorded by its own (recursive) call
+        suffix = metric_key_prefix.removeprefix("eval").lstrip("_")
+        record_eval_result(
+            self.model,
+            {
+                "dataset": dataset_name_of(dataset) or suffix or "unnamed",
+                "split": split_of(dataset),
+                "shots": self._shots_per_class(),
+                "seed": self.args.seed,
+                "accuracy": metrics[f"{metric_key_prefix}_accuracy"],
+                "top5_accuracy": metrics.get(f"{metric_key_prefix}_top5_accuracy"),
+            },
+        )
+        return metrics
+
+    def _shots_per_class(self) -> int | None:
+        """The examples per class of the training set when every class has the same number (a few-shot sample)."""
+        dataset = self.train_dataset
+        if dataset is None or self.label_column not in (getattr(dataset, "column_names", None) or []):
+            return None
+        counts = np.bincount(np.asarray(dataset[self.label_column], dtype=np.int64), minlength=len(self.class_names))
+        return int(counts[0]) if len(counts) and (counts == counts[0]).all() and counts[0] > 0 else None
 
     # ----------------------------------------------------------------------------------------------------------------
     # saving

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import hashlib
 import itertools
 import json
 import os
@@ -49,6 +50,7 @@ from safetensors.torch import load_file, save_file
 
 from mudpt_peft import MuDPTConfig, PromptClassifier, hub
 from mudpt_peft.config import METHOD_PRESETS
+from mudpt_peft.evaluation import evaluate, record_eval_result, recorded_eval_results
 from mudpt_peft.layer import MuDPTLayer
 
 from .conftest import TOKENIZER_EOS_ID, make_clip, make_inputs, make_tokenizer_files
@@ -397,15 +399,50 @@ def test_plain_peft_push_and_load_round_trip(api, base_repo, repo_id, inputs):
         specific = MuDPTConfig.from_pretrained(repo_id)
     assert not [w for w in caught if "Unexpected keyword" in str(w.message)]
     assert type(generic) is MuDPTConfig and type(specific) is MuDPTConfig
-    assert generic.to_dict() == specific.to_dict()
+    # the same config; MuDPTConfig.from_pretrained checks the weights' fingerprint and drops it, peft keeps it
+    from huggingface_hub import hf_hub_download
+
+    generic_fields, specific_fields = generic.to_dict(), specific.to_dict()
+    assert (
+        generic_fields["auto_mapping"].pop(hub.WEIGHTS_FINGERPRINT_KEY)
+        == hashlib.sha256(Path(hf_hub_download(repo_id, "adapter_model.safetensors")).read_bytes()).hexdigest()
+    )
+    assert generic_fields == specific_fields
     assert (specific.depth, specific.n_ctx, specific.fusion) == (3, 3, "injection")
     assert specific.base_model_name_or_path == base_repo
 
-    # documented: transformers' push_to_hub replaces peft's README by its own generic card for a new repository
+    # the MuDPT card, not transformers' generic one (`import mudpt_peft` hooks the upload), with its loading snippet
     from huggingface_hub import ModelCard
 
     card = ModelCard.load(repo_id)
-    assert card.data.library_name == "transformers" and "mudpt" not in (card.data.tags or [])
+    assert card.data.library_name == "peft" and card.data.base_model == base_repo
+    assert {"mudpt", "prompt-tuning", "clip", f"base_model:adapter:{base_repo}"} <= set(card.data.tags)
+    namespace: dict = {}
+    exec(python_block(card.text), namespace)
+    assert torch.equal(logits(namespace["model"], inputs), expected)
+
+    # evaluation results recorded by mudpt_peft.evaluate go into the card of the next push; user tags are kept
+    from transformers import AutoTokenizer
+
+    from .test_data import NAMES, image_processor, labelled
+
+    tokenizer = AutoTokenizer.from_pretrained(base_repo)
+    data = labelled([2, 2, 2, 2])
+    accuracy = evaluate(model, data, NAMES[:4], tokenizer, image_processor(), dataset_name="toy", shots=4, seed=7)[
+        "accuracy"
+    ]
+    model.push_to_hub(repo_id, tags=["my-tag"])
+    card = ModelCard.load(repo_id)
+    assert "my-tag" in card.data.tags and "mudpt" in card.data.tags
+    assert [(r.dataset_name, r.metric_value) for r in card.data.eval_results] == [("toy", accuracy)]
+    assert f"| toy | – | 4 | 7 | {accuracy:.2f} |" in card.text
+
+    # other peft methods are untouched by the hooks
+    lora = get_peft_model(base(), LoraConfig(target_modules=["q_proj"], r=2))
+    lora.push_to_hub(f"{repo_id}-lora")
+    lora_card = ModelCard.load(f"{repo_id}-lora")
+    assert lora_card.data.library_name == "transformers" and "mudpt" not in (lora_card.data.tags or [])
+    assert hub.WEIGHTS_FINGERPRINT_KEY not in str(PeftConfig.from_pretrained(f"{repo_id}-lora").to_dict())
 
 
 @hub_test
@@ -470,6 +507,14 @@ def test_subfolders_hold_independent_adapters(api, base_repo, repo_id, inputs):
     assert MuDPTConfig.from_pretrained(repo_id, subfolder="b").fusion == "linear"
 
 
+def strip_fingerprint(folder: Path) -> None:
+    """Remove the weights' sha256 from `folder`'s adapter_config.json, as a tool that records none would save it."""
+    config_file = folder / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    del config["auto_mapping"][hub.WEIGHTS_FINGERPRINT_KEY]
+    config_file.write_text(json.dumps(config))
+
+
 def python_block(text: str) -> str:
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert len(blocks) == 1, text
@@ -527,18 +572,31 @@ def test_model_card_paths_and_method_presets(base_repo, tmp_path):
     model = adapter(MuDPTConfig.for_method("vpt", depth=2), seed=1)
 
     plain = tmp_path / "plain"
-    model.save_pretrained(plain)  # peft's own card: no MuDPT content
+    model.save_pretrained(plain)  # a plain peft save writes the MuDPT card (`import mudpt_peft` hooks it)
     text = (plain / "README.md").read_text()
-    assert "library_name: peft" in text and "mudpt" not in text
+    assert "library_name: peft" in text and "- mudpt\n" in text and "- vpt\n" in text and "## Evaluation" not in text
+    assert "| – / 2 | – / 8 | none |" in text and text.count("- PEFT ") == 1
 
     hub.write_model_card(model, plain, {"dataset": "dtd", "accuracy": 60.0, "shots": 4, "seed": 3})
     text = (plain / "README.md").read_text()
     assert "- vpt" in text and "| dtd | – | 4 | 3 | 60.00 |" in text and "| – / 2 | – / 8 | none |" in text
 
-    model.save_pretrained(plain)  # peft keeps the text of an existing card, but rewrites its tags
+    # results given to write_model_card are not remembered; recorded ones (evaluate, the trainer) are
+    model.save_pretrained(plain)
+    assert "## Evaluation" not in (plain / "README.md").read_text()
+    record_eval_result(model, {"dataset": "dtd", "split": "test", "accuracy": 61.5, "shots": 4, "seed": 3})
+    record_eval_result(model, {"dataset": "dtd", "split": "test", "accuracy": 62.5, "shots": 4, "seed": 3})  # replaces
+    record_eval_result(model, {"dataset": "dtd", "split": "test", "accuracy": 58.0, "shots": 4, "seed": 4})
+    assert [r["accuracy"] for r in recorded_eval_results(model)] == [62.5, 58.0]
+    model.save_pretrained(plain)
     text = (plain / "README.md").read_text()
-    assert "## Adapter" in text and "| dtd | – | 4 | 3 | 60.00 |" in text and "library_name: peft" in text
-    assert text.count("- PEFT ") == 1 and "- mudpt\n" not in text  # documented: call write_model_card again
+    assert "| dtd | test | 4 | 3 | 62.50 |" in text and "| dtd | test | 4 | 4 | 58.00 |" in text
+    assert "61.50" not in text
+    with model.disable_adapter():  # zero-shot is not the adapter's result
+        record_eval_result(model, {"dataset": "dtd", "accuracy": 40.0})
+    assert len(recorded_eval_results(model)) == 2
+    with pytest.raises(ValueError, match="needs `dataset` and `accuracy`"):
+        record_eval_result(model, {"dataset": "dtd", "loss": 1.0})
 
     for bad, match in (
         ({"dataset": "dtd"}, "needs `dataset`"),
@@ -721,11 +779,14 @@ def test_damaged_weights_are_refused(api, base_repo, repo_id, inputs, tmp_path):
     intact = PeftModel.from_pretrained(base(), repo_id, subfolder="intact")
     assert torch.equal(logits(intact, inputs), logits(model, inputs))
 
-    # without a fingerprint (a plain peft save), a flipped bit in the data goes unnoticed: only the format is checked
+    # a plain peft save records the fingerprint too (`import mudpt_peft` hooks it): a flipped bit is refused
     model.save_pretrained(tmp_path / "plain")
     tensors = load_file(tmp_path / "plain" / "adapter_model.safetensors")
     tensors["base_model.model.text_model.mudpt_prompts"][0, 0, 0] += 1.0
     save_file(tensors, tmp_path / "plain" / "adapter_model.safetensors", metadata={"format": "pt"})
+    refused(tmp_path / "plain", "does not belong to its adapter_config.json")
+    # without a fingerprint (a folder written by a tool that records none) it goes unnoticed: only the format is checked
+    strip_fingerprint(tmp_path / "plain")
     assert not torch.equal(logits(PeftModel.from_pretrained(base(), tmp_path / "plain"), inputs), logits(model, inputs))
 
 
@@ -899,9 +960,11 @@ def test_interrupted_saves_never_load_as_a_wrong_adapter(base_repo, inputs, tmp_
     b = adapter(MuDPTConfig(depth=2, injection_heads=4), seed=2)
     expected_a, expected_b = logits(a, inputs), logits(b, inputs)
 
-    # peft alone: a save of B over A that dies between the weights and the config loads as a wrong adapter
+    # without a fingerprint (A saved by a tool that records none): a save of B over A that dies between the weights
+    # and the config loads as a wrong adapter
     unprotected = tmp_path / "unprotected"
     a.save_pretrained(unprotected)
+    strip_fingerprint(unprotected)
     with monkeypatch.context() as patch:
         patch.setattr(PeftConfig, "save_pretrained", crash)
         with pytest.raises(SimulatedCrash):
@@ -909,7 +972,16 @@ def test_interrupted_saves_never_load_as_a_wrong_adapter(base_repo, inputs, tmp_
     wrong = logits(PeftModel.from_pretrained(base(), unprotected), inputs)  # loads without error...
     assert not torch.equal(wrong, expected_a) and not torch.equal(wrong, expected_b)  # ...as neither A nor B
 
-    # A saved with the helper: the same interrupted plain save is detected (A's config fingerprints A's weights)
+    # A saved with plain peft (hooked by `import mudpt_peft`): the same interrupted plain save is detected
+    plain = tmp_path / "plain"
+    a.save_pretrained(plain)
+    with monkeypatch.context() as patch:
+        patch.setattr(PeftConfig, "save_pretrained", crash)
+        with pytest.raises(SimulatedCrash):
+            b.save_pretrained(plain)
+    refused(plain, "does not belong to its adapter_config.json")
+
+    # A saved with the helper: detected as well (A's config fingerprints A's weights)
     protected = tmp_path / "protected"
     hub.save_pretrained(a, protected)
     with monkeypatch.context() as patch:

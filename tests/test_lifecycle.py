@@ -168,7 +168,13 @@ def test_loading_an_incomplete_checkpoint_fails(tmp_path):
     tensors = load_file(tmp_path / "adapter_model.safetensors")
     del tensors["base_model.model.vision_model.mudpt_fusion.proj.weight"]
     save_file(tensors, tmp_path / "adapter_model.safetensors")
-    for kwargs in ({}, {"low_cpu_mem_usage": True}):
+    with pytest.raises(ValueError, match=r"does not belong to its adapter_config.json"):  # the recorded sha256
+        PeftModel.from_pretrained(make_clip(), tmp_path)
+    config_file = tmp_path / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    del config["auto_mapping"]["mudpt_weights_sha256"]  # as saved by a tool that records no fingerprint
+    config_file.write_text(json.dumps(config))
+    for kwargs in ({}, {"low_cpu_mem_usage": True}):  # the tuner's own check
         with pytest.raises(ValueError, match=r"missing tensors.*vision_model\.mudpt_fusion\.proj\.weight"):
             PeftModel.from_pretrained(make_clip(), tmp_path, **kwargs)
 

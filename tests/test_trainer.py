@@ -122,6 +122,12 @@ def test_training_learns_reports_accuracy_and_saves_the_adapter_only(tokenizer, 
         assert not files & {"model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"}
     saved = load_file(tmp_path / "final" / "adapter_model.safetensors")
     assert saved and all("mudpt_" in key for key in saved)
+    # the model card of the save lists the trainer's evaluation (4 shots per class, seed 0: recorded, the earlier
+    # evaluation before training replaced) and the one of mudpt_peft.evaluate (no shots or seed given)
+    card = (tmp_path / "final" / "README.md").read_text()
+    assert f"| unnamed | – | 4 | 0 | {after['eval_accuracy']:.2f} | {after['eval_top5_accuracy']:.2f} |" in card
+    assert f"| unnamed | – | – | – | {independent['accuracy']:.2f} |" in card
+    assert card.count("| unnamed |") == 2
     assert json.loads((tmp_path / "final" / "adapter_config.json").read_text())["peft_type"] == "MUDPT"
 
     # the saved adapter reproduces the trained classifier
