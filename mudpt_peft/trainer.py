@@ -66,10 +66,11 @@ def default_training_arguments(
     | `"cross-attention"` | SGD | 0.00125 (measured) | 10 | 4 |
 
     Every recipe uses SGD (momentum 0.9, weight decay 5e-4), a cosine schedule with one warm-up epoch (a linear
-    warm-up over the first `1 / epochs` of the steps; none with a single epoch), no gradient clipping and an
-    evaluation batch of 100. The official recipes, confirmed (or, without one, chosen) by a learning-rate sweep on the
-    embedded tiny CLIP; CoOp collapses at twice its learning rate there, and MuDPT's Injection Model was learning-rate
-    sensitive with AdamW (see `docs/train.md`).
+    warm-up over the first `1 / epochs` of the steps; none with a single epoch), no gradient clipping, an evaluation
+    batch of 100 and `ddp_find_unused_parameters=False` (all trainable adapter parameters are used in every step).
+    The official recipes, confirmed (or, without one, chosen) by a learning-rate sweep on the embedded tiny CLIP;
+    CoOp collapses at twice its learning rate there, and MuDPT's Injection Model was learning-rate sensitive with
+    AdamW (see `docs/train.md`).
 
     Args:
         method (`str`):
@@ -104,6 +105,9 @@ def default_training_arguments(
         lr_scheduler_type="cosine",
         max_grad_norm=0.0,
         per_device_eval_batch_size=100,
+        # every trainable adapter parameter takes part in every forward: spare DDP its search for unused ones (the
+        # Trainer turns it on for a PeftModel, which is not a PreTrainedModel)
+        ddp_find_unused_parameters=False,
     )
     settings.update(overrides)
     if "warmup_steps" not in overrides:
