@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,18 @@ from .layer import MuDPTTower
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
+
+
+def _modules(root: nn.Module) -> Iterator[nn.Module]:
+    """Every module under `root` once (`root.modules()` without building the dotted names: cheaper per call)."""
+    stack, seen = [root], set()
+    while stack:
+        module = stack.pop()
+        if module is None or id(module) in seen:
+            continue
+        seen.add(id(module))
+        yield module
+        stack.extend(module._modules.values())
 
 
 def _features(output: Any) -> torch.Tensor:
@@ -109,14 +121,18 @@ class PromptClassifier(nn.Module):
         return super().train(mode)
 
     def _state_key(self) -> tuple:
-        """Everything the class features depend on: adapters in use and every weight's identity and version."""
-        towers = tuple(
-            (id(module), module.prompting_adapter())
-            for module in self.model.modules()
-            if isinstance(module, MuDPTTower)
-        )
-        weights = tuple((id(p), p._version) for p in self.model.parameters())
-        return towers, weights, self.class_input_ids.data_ptr()
+        """Everything the class features depend on: adapters in use and every weight's identity, version and storage.
+
+        The storage (`data_ptr`) changes with `.to()` / `.half()`, which keep the parameter objects and versions.
+        """
+        towers, weights = [], []
+        for module in _modules(self.model):
+            if isinstance(module, MuDPTTower):
+                towers.append((id(module), module.prompting_adapter()))
+            for p in module._parameters.values():
+                if p is not None:
+                    weights.append((id(p), p._version, p.data_ptr()))
+        return tuple(towers), tuple(weights), self.class_input_ids.data_ptr()
 
     def encode_classes(self) -> torch.Tensor:
         """The L2-normalised class features, shape `(classes, dim)`; cached in eval mode."""
