@@ -45,7 +45,7 @@ class MuDPTModel(BaseTuner):
 
     Args:
         model (`transformers.PreTrainedModel`): A model with a registered [`FamilySpec`] (e.g. `CLIPModel`).
-        config ([`MuDPTConfig`]): The adapter configuration.
+        peft_config ([`MuDPTConfig`]): The adapter configuration.
         adapter_name (`str`, defaults to `"default"`): The name of the adapter.
         low_cpu_mem_usage (`bool`, defaults to `False`): Create the adapter weights on the meta device (for loading).
 
