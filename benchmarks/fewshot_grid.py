@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -66,6 +67,10 @@ class GridArguments:
     threads: int = field(default=1, metadata={"help": "torch threads."})
     results: str = field(default=str(ROOT / "benchmarks" / "results"), metadata={"help": "Results directory."})
     report_only: bool = field(default=False, metadata={"help": "Only write the table and plot from the results."})
+    docs_plot: str = field(
+        default=str(ROOT / "docs" / "assets" / "fewshot_grid.png"),
+        metadata={"help": "A copy of the plot for the docs site (empty: none)."},
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -226,8 +231,8 @@ def load_results(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def write_report(records: list[dict], results: Path) -> None:
-    """Writes the markdown table and the plot for `records`."""
+def write_report(records: list[dict], results: Path, docs_plot: str = "") -> None:
+    """Writes the markdown table and the plot for `records` (and a copy of the plot to `docs_plot`, if given)."""
     grouped: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
     for record in records:
         grouped[(record["task"], record["method"], record["shots"])].append(record)
@@ -267,6 +272,9 @@ def write_report(records: list[dict], results: Path) -> None:
     lines.append(f"{len(records)} runs, {seconds / 3600:.1f} hours of compute (one CPU thread per run).")
     (results / "fewshot_grid.md").write_text("\n".join(lines) + "\n")
     _plot(grouped, tasks, methods, shots, results / "fewshot_grid.png")
+    if docs_plot and (results / "fewshot_grid.png").is_file():
+        Path(docs_plot).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(results / "fewshot_grid.png", docs_plot)
 
 
 def _plot(grouped, tasks, methods, shots, path: Path) -> None:
@@ -282,9 +290,10 @@ def _plot(grouped, tasks, methods, shots, path: Path) -> None:
     rows = math.ceil(len(tasks) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(11, 4.2 * rows), squeeze=False)
     colors = plt.get_cmap("tab10")
+    tuned = [method for method in methods if method != "zero-shot"]
     for axis, task in zip(axes.flat, tasks, strict=False):
-        for index, method in enumerate(methods):
-            color = colors(index % 10)
+        for method in methods:
+            color = colors([0, 1, 2, 3, 4, 5, 6, 8, 9][tuned.index(method) % 9]) if method in tuned else None
             if method == "zero-shot":
                 values = [_headline(r) for r in grouped.get((task, method, 0), [])]
                 if values:
@@ -328,7 +337,7 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     store = results / "fewshot_grid.jsonl"
     if args.report_only:
-        write_report(load_results(store), results)
+        write_report(load_results(store), results, args.docs_plot)
         print(f"wrote {results / 'fewshot_grid.md'} and {results / 'fewshot_grid.png'}")
         return
     torch.set_num_threads(args.threads)
@@ -362,8 +371,8 @@ def main() -> None:
                         handle.write(json.dumps(record) + "\n")
                     elapsed = (time.perf_counter() - start) / 60
                     print(f"[{elapsed:6.1f} min] {json.dumps(record)}", flush=True)
-        write_report(load_results(store), results)
-    write_report(load_results(store), results)
+        write_report(load_results(store), results, args.docs_plot)
+    write_report(load_results(store), results, args.docs_plot)
     print(f"wrote {results / 'fewshot_grid.md'} and {results / 'fewshot_grid.png'}")
 
 
