@@ -54,13 +54,14 @@ class PromptSlot:
 def replace_tokens(hidden_states: torch.Tensor, prompts: torch.Tensor, start: int | None) -> torch.Tensor:
     """Return `hidden_states` with the tokens at `start .. start+n_ctx` (or the last `n_ctx`) replaced by `prompts`.
 
-    Out of place: transformers keeps references to earlier hidden states for `output_hidden_states`.
+    Out of place: transformers keeps references to earlier hidden states for `output_hidden_states`. One
+    `slice_scatter` (a copy with the slice written): its backward allocates one tensor of the hidden states' size,
+    where a `cat` of slices allocates one per slice and adds them up.
     """
-    batch, length, _ = hidden_states.shape
-    n_ctx = prompts.shape[0]
+    length, n_ctx = hidden_states.shape[1], prompts.shape[0]
     start = length - n_ctx if start is None else start
-    expanded = prompts.to(hidden_states.dtype).unsqueeze(0).expand(batch, -1, -1)
-    return torch.cat([hidden_states[:, :start], expanded, hidden_states[:, start + n_ctx :]], dim=1)
+    expanded = prompts.to(hidden_states.dtype).unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
+    return hidden_states.slice_scatter(expanded, dim=1, start=start, end=start + n_ctx)
 
 
 @functools.cache
