@@ -159,12 +159,14 @@ def component_costs(args, classifier, pixel_values) -> list[list[str]]:
     with torch.no_grad(), common.precision(args.dtype):
         check = median_time(classifier._state_key)
         prompts = median_time(lambda: tower.used_prompts("default"))
-        cached = median_time(lambda: tower.call_prompts("default"))
-    return [
+        cached = median_time(lambda: tower.call_prompts("default")) if hasattr(tower, "call_prompts") else None
+    rows = [
         ["class-feature cache check (`PromptClassifier._state_key`)", f"{check * 1e3:.3f} ms"],
         ["vision prompts computed (`used_prompts`: T2V Injection Model)", f"{prompts * 1e3:.3f} ms"],
-        ["vision prompts from the tower's cache (`call_prompts`)", f"{cached * 1e3:.3f} ms"],
     ]
+    if cached is not None:  # versions of mudpt_peft before the tower's prompt cache have no `call_prompts`
+        rows.append(["vision prompts from the tower's cache (`call_prompts`)", f"{cached * 1e3:.3f} ms"])
+    return rows
 
 
 def profile(args, call) -> None:
