@@ -43,7 +43,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 
 
 def build_clip(shape: str = "vit-b16", seed: int = 0, attn_implementation: str = "sdpa") -> CLIPModel:
-    """A CLIP model of the given shape with random weights, in eval mode."""
+    """A CLIP model of the given shape with random weights, in eval mode, on [`device`]."""
     torch.manual_seed(seed)
     config = CLIPConfig(
         text_config=dict(
@@ -70,7 +70,7 @@ def build_clip(shape: str = "vit-b16", seed: int = 0, attn_implementation: str =
     config._attn_implementation = attn_implementation
     for sub in (config.text_config, config.vision_config):
         sub._attn_implementation = attn_implementation
-    return CLIPModel(config).eval()
+    return CLIPModel(config).eval().to(device())
 
 
 def mudpt(clip: nn.Module, depth: int = 9, n_ctx: int = 2, method: str = "mudpt") -> nn.Module:
@@ -215,6 +215,7 @@ def precision(dtype: str) -> Iterator[None]:
 
 
 def device() -> torch.device:
+    """Where the benchmarks run: the GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

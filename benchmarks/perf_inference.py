@@ -188,7 +188,7 @@ def main() -> None:
         classifier, plain, class_features = build(args, shape)
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             torch.manual_seed(batch)
-            pixel_values = torch.randn(batch, 3, 224, 224)
+            pixel_values = torch.randn(batch, 3, 224, 224).to(common.device())
             calls = cases(args, classifier, plain, class_features, pixel_values)
             reps = args.reps or repetitions(calls["mudpt"], len(calls), args.budget)
             timings = common.alternate(calls, reps=reps, warmup=2)

@@ -54,8 +54,8 @@ def padded_to_77(classifier: PromptClassifier, tokenizer) -> PromptClassifier:
     other = PromptClassifier(classifier.model, tokenizer, classifier.class_names, template=classifier.template)
     prompts = [classifier.template.format(name) for name in classifier.class_names]
     tokens = tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
-    other.class_input_ids = tokens["input_ids"]
-    other.class_attention_mask = tokens["attention_mask"]
+    other.class_input_ids = tokens["input_ids"].to(common.device())
+    other.class_attention_mask = tokens["attention_mask"].to(common.device())
     other._drop_cache()
     return other.train(classifier.training)
 
@@ -83,7 +83,8 @@ def main() -> None:
         "max abs logit difference",
         "reps",
     ]
-    pixel_values = torch.randn(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(args.batch, 3, 224, 224, generator=generator).to(common.device())
 
     for classes in map(int, args.encode_classes.split(",")):
         longest = PromptClassifier(model, tokenizer, common.class_names(classes), template=TEMPLATE).eval()
@@ -105,7 +106,7 @@ def main() -> None:
     classes = args.train_classes
     longest = PromptClassifier(model, tokenizer, common.class_names(classes), template=TEMPLATE).train()
     full = padded_to_77(longest, tokenizer).train()
-    labels = torch.randint(0, classes, (args.batch,), generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, classes, (args.batch,), generator=torch.Generator().manual_seed(1)).to(common.device())
     optimizer = torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad], lr=0.0025, momentum=0.9, weight_decay=5e-4
     )

@@ -88,7 +88,7 @@ class Setup:
         generator = torch.Generator().manual_seed(size)
         pixel_values = torch.randn(size, 3, 224, 224, generator=generator)
         labels = torch.randint(0, classes, (size,), generator=generator)
-        return pixel_values, labels
+        return pixel_values.to(common.device()), labels.to(common.device())
 
     def mudpt_step(self, batch: int, classes: int, depth: int, checkpointing: bool = False):
         """`(step, model, optimizer, classifier)`: one training step of MuDPT through `PromptClassifier`."""
@@ -119,6 +119,7 @@ class Setup:
         placeholder = torch.zeros(ids.shape[0], n_ctx, dtype=ids.dtype)
         ids = torch.cat([ids[:, :1], placeholder, ids[:, 1:]], dim=1)
         mask = torch.cat([mask[:, :1], torch.ones_like(placeholder), mask[:, 1:]], dim=1)
+        ids, mask = ids.to(common.device()), mask.to(common.device())
         pixel_values, labels = self.batch(batch, classes)
 
         def step():
@@ -325,8 +326,8 @@ def section_profile(setup: Setup) -> str:
     def token_writes():
         total = 0
         for rows, tokens, width, start in shapes:
-            hidden = torch.randn(rows, tokens, width, requires_grad=True)
-            prompts = torch.randn(args.depth, args.n_ctx, width, requires_grad=True)
+            hidden = torch.randn(rows, tokens, width, device=common.device(), requires_grad=True)
+            prompts = torch.randn(args.depth, args.n_ctx, width, device=common.device(), requires_grad=True)
             out = hidden
             for layer in range(1, args.depth):
                 out = replace_tokens(out, prompts[layer], start)
@@ -336,8 +337,8 @@ def section_profile(setup: Setup) -> str:
     def token_writes_baseline():  # the same tensors and the backward of the sum, without the writes
         total = 0
         for rows, tokens, width, _ in shapes:
-            hidden = torch.randn(rows, tokens, width, requires_grad=True)
-            torch.randn(args.depth, args.n_ctx, width, requires_grad=True)
+            hidden = torch.randn(rows, tokens, width, device=common.device(), requires_grad=True)
+            torch.randn(args.depth, args.n_ctx, width, device=common.device(), requires_grad=True)
             total = total + hidden.sum()
         total.backward()
 
