@@ -79,7 +79,9 @@ def build(args: argparse.Namespace, shape: str):
     """The classifier (mudpt), the plain model and its cached class features (zero-shot)."""
     tokenizer = common.load_tokenizer()
     names = common.class_names(args.classes)
-    plain = common.build_clip(shape, attn_implementation=args.attn)
+    # frozen, as under the adapter: under autocast, weights that require grad have their low-precision casts cached
+    # until the autocast region ends, which costs time on CPU (fresh memory on every call)
+    plain = common.build_clip(shape, attn_implementation=args.attn).requires_grad_(False)
     model = common.mudpt(plain, depth=args.depth, n_ctx=args.n_ctx)
     classifier = PromptClassifier(model, tokenizer, names, template=TEMPLATE).eval()
     zero_shot = PromptClassifier(plain, tokenizer, names, template=TEMPLATE).eval()
