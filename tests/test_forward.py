@@ -190,6 +190,26 @@ def test_torch_compile(inputs):
     assert model.base_model.model.text_model.mudpt_prompts["default"].grad is not None
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_towers_compile_to_one_graph(inputs, training):
+    """Each prompted tower traces without a graph break (fullgraph=True raises on one), in eval and in training."""
+    model = adapted()
+    model.train(training)
+    clip = model.base_model.model
+    towers = {
+        "text": (clip.text_model, text_kwargs(inputs)),
+        "vision": (clip.vision_model, {"pixel_values": inputs["pixel_values"]}),
+    }
+    for name, (tower, kwargs) in towers.items():
+        torch._dynamo.reset()
+        expected = tower(**kwargs).pooler_output
+        out = torch.compile(tower, backend="eager", fullgraph=True)(**kwargs).pooler_output
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6, msg=name)
+        if training:
+            out.sum().backward()
+            assert tower.mudpt_prompts["default"].grad is not None, name
+
+
 @pytest.mark.parametrize("use_reentrant", [True, False])
 def test_gradient_checkpointing_gives_the_same_gradients(inputs, use_reentrant):
     def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
