@@ -178,6 +178,7 @@ def ratio_row(label: list, timings: common.Timings, reps: int, case: str = "mudp
         common.spread(timings.ratios(case, reference, CLOCK)),
         f"{timings.fastest_ratio(case, reference, CLOCK):.3f}",
         common.spread(timings.ratios(case, reference, "wall")),
+        f"{common.seconds(timings.system[case])}, {common.seconds(timings.system[reference])}",
         reps,
     ]
 
@@ -188,6 +189,7 @@ RATIO_HEADER = [
     "**mudpt / limit**",
     "fastest / fastest",
     "mudpt / limit (wall)",
+    "kernel time (mudpt, limit)",
     "reps",
 ]
 

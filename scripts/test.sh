@@ -10,7 +10,7 @@ MUDPT_EXTRAS=test
 # shellcheck disable=SC1091
 . scripts/setup.sh
 
-ruff check mudpt_peft tests examples
+ruff check mudpt_peft tests examples benchmarks
 
 set +e
 python -m pytest "$@"
