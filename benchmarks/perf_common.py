@@ -34,12 +34,32 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = ROOT / "examples" / "assets" / "tiny-clip"  # the real CLIP BPE vocabulary (49,408 tokens)
 
+_TEXT_B = {"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8}
+_VISION_B = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "image_size": 224}
+
 #: The encoder geometries of OpenAI's CLIP ViT-B/16 and ViT-B/32 (text 512 wide, 12 layers, 77 positions, vocabulary
-#: 49,408; vision 768 wide, 12 layers, 224 px).
+#: 49,408; vision 768 wide, 12 layers, 224 px), and `smoke`: the same depth and vocabulary at toy widths and 32 px, for
+#: the test that runs every script (`tests/test_benchmarks.py`); its timings mean nothing.
 SHAPES: dict[str, dict[str, Any]] = {
-    "vit-b16": {"patch_size": 16},
-    "vit-b32": {"patch_size": 32},
+    "vit-b16": {"text": _TEXT_B, "vision": {**_VISION_B, "patch_size": 16}, "projection_dim": 512},
+    "vit-b32": {"text": _TEXT_B, "vision": {**_VISION_B, "patch_size": 32}, "projection_dim": 512},
+    "smoke": {
+        "text": {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2},
+        "vision": {
+            "hidden_size": 48,
+            "intermediate_size": 96,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        "projection_dim": 32,
+    },
 }
+
+
+def image_size(shape: str) -> int:
+    """The input resolution of a shape (224 px for the ViT-B models)."""
+    return SHAPES[shape]["vision"]["image_size"]
 
 
 def build_clip(shape: str = "vit-b16", seed: int = 0, attn_implementation: str = "sdpa") -> CLIPModel:
@@ -47,25 +67,16 @@ def build_clip(shape: str = "vit-b16", seed: int = 0, attn_implementation: str =
     torch.manual_seed(seed)
     config = CLIPConfig(
         text_config=dict(
-            hidden_size=512,
-            intermediate_size=2048,
+            **SHAPES[shape]["text"],
             num_hidden_layers=12,
-            num_attention_heads=8,
             max_position_embeddings=77,
             vocab_size=49408,
             bos_token_id=49406,
             eos_token_id=49407,
             pad_token_id=49407,
         ),
-        vision_config=dict(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            image_size=224,
-            patch_size=SHAPES[shape]["patch_size"],
-        ),
-        projection_dim=512,
+        vision_config=dict(**SHAPES[shape]["vision"], num_hidden_layers=12),
+        projection_dim=SHAPES[shape]["projection_dim"],
     )
     config._attn_implementation = attn_implementation
     for sub in (config.text_config, config.vision_config):

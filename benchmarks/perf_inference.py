@@ -41,7 +41,11 @@ TEMPLATE = "a photo of a {}."
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common.add_common_arguments(parser)
-    parser.add_argument("--shapes", default="vit-b16,vit-b32", help="comma-separated: vit-b16, vit-b32")
+    parser.add_argument(
+        "--shapes",
+        default="vit-b16,vit-b32",
+        help="comma-separated: vit-b16, vit-b32 (smoke: toy widths, for the tests)",
+    )
     parser.add_argument("--batch_sizes", default="1,32", help="comma-separated image batch sizes")
     parser.add_argument("--classes", type=int, default=100, help="number of classes (their features are cached)")
     parser.add_argument("--depth", type=int, default=9)
@@ -190,7 +194,8 @@ def main() -> None:
         classifier, plain, class_features = build(args, shape)
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             torch.manual_seed(batch)
-            pixel_values = torch.randn(batch, 3, 224, 224).to(common.device())
+            size = common.image_size(shape)
+            pixel_values = torch.randn(batch, 3, size, size).to(common.device())
             calls = cases(args, classifier, plain, class_features, pixel_values)
             reps = args.reps or repetitions(calls["mudpt"], len(calls), args.budget)
             timings = common.alternate(calls, reps=reps, warmup=2)

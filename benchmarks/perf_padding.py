@@ -84,7 +84,8 @@ def main() -> None:
         "reps",
     ]
     generator = torch.Generator().manual_seed(0)
-    pixel_values = torch.randn(args.batch, 3, 224, 224, generator=generator).to(common.device())
+    size = common.image_size(args.shape)
+    pixel_values = torch.randn(args.batch, 3, size, size, generator=generator).to(common.device())
 
     for classes in map(int, args.encode_classes.split(",")):
         longest = PromptClassifier(model, tokenizer, common.class_names(classes), template=TEMPLATE).eval()

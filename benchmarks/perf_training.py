@@ -86,7 +86,8 @@ class Setup:
 
     def batch(self, size: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator().manual_seed(size)
-        pixel_values = torch.randn(size, 3, 224, 224, generator=generator)
+        pixels = common.image_size(self.args.shape)
+        pixel_values = torch.randn(size, 3, pixels, pixels, generator=generator)
         labels = torch.randint(0, classes, (size,), generator=generator)
         return pixel_values.to(common.device()), labels.to(common.device())
 
@@ -322,7 +323,7 @@ def section_profile(setup: Setup) -> str:
 
     ids = PromptClassifier(model, setup.tokenizer, setup.names[: args.classes], template=TEMPLATE).class_input_ids
     length = ids.shape[1] + args.n_ctx
-    patches = (224 // vision.config.patch_size) ** 2 + 1 + args.n_ctx
+    patches = (vision.config.image_size // vision.config.patch_size) ** 2 + 1 + args.n_ctx
     shapes = [(args.classes, length, text.config.hidden_size, 1), (batch, patches, vision.config.hidden_size, None)]
 
     def token_writes():
@@ -347,7 +348,10 @@ def section_profile(setup: Setup) -> str:
     fill = median_cpu(fill_grads, 11)
     costs = [
         ["fusion forward + backward (both Injection Models)", median_cpu(fusion, 11)],
-        ["SGD step + zero_grad (11 M parameters)", median_cpu(optimizer_step, 11) - fill],
+        [
+            f"SGD step + zero_grad ({sum(p.numel() for p in parameters) / 1e6:.2f} M parameters)",
+            median_cpu(optimizer_step, 11) - fill,
+        ],
         [
             f"token writes, {args.depth - 1} deep layers x 2 towers, forward + backward",
             median_cpu(token_writes, 11) - median_cpu(token_writes_baseline, 11),

@@ -1,0 +1,78 @@
+"""The performance scripts in `benchmarks/` run from the checkout and print their ratio tables.
+
+They run on the `smoke` shape (the ViT-B depth and the real tokenizer at toy widths), so that a change to the library
+or to transformers that breaks a script fails here rather than in the next measurement. No timing is asserted: the
+figures of a toy model on a shared machine mean nothing; only that every table is there and every ratio is a number.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RATIO = r"\d+\.\d+ (\[\d+\.\d+–\d+\.\d+\] )?\(\d+\.\d+–\d+\.\d+\)"  # median [q1–q3] (min–max)
+
+
+def run_script(name: str, *arguments: str) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), "--threads", "1", *arguments],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed.stdout
+
+
+def section(output: str, heading: str) -> str:
+    """The text under the last `heading` line, up to the next heading."""
+    assert heading in output, output[-3000:]
+    return output.rsplit(heading, 1)[1].split("\n#", 1)[0]
+
+
+def table_rows(text: str, first_cell: str) -> list[list[str]]:
+    rows = [line for line in text.splitlines() if line.startswith(f"| {first_cell} |")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+
+
+def test_perf_inference_prints_the_ratios():
+    output = run_script("perf_inference.py", "--shapes", "smoke", "--batch_sizes", "1,2", "--reps", "3")
+    rows = table_rows(section(output, "## Ratios"), "smoke")
+    assert [row[1] for row in rows] == ["1", "2"]
+    for row in rows:
+        assert re.fullmatch(RATIO, row[4]), row  # mudpt / zero-shot
+        assert re.fullmatch(RATIO, row[7]) and re.fullmatch(RATIO, row[8]), row  # limit / zero-shot, mudpt / limit
+        assert row[-1] == "3"
+    components = section(output, "## Per-call machinery costs")
+    assert components.count("| smoke |") == 6 and "call_prompts" in components
+
+
+def test_perf_training_prints_every_section():
+    output = run_script("perf_training.py", "--quick", "--shape", "smoke", "--reps", "2")
+    summary = output.rsplit("# Summary", 1)[1]
+    ratio, memory, scaling, profile = (
+        section(summary, f"## {name}\n") for name in ("ratio", "memory", "scaling", "profile")
+    )
+    (row,) = table_rows(ratio, "4")
+    assert row[1] == "100" and re.fullmatch(RATIO, row[4]), row
+    assert re.fullmatch(r"[\d.]+ m?s, [\d.]+ m?s", row[7]), row  # kernel time of each step
+    (row,) = table_rows(memory, "4")
+    assert re.fullmatch(r"\*\*\d+\.\d{3}\*\*", row[4]), row  # peak memory mudpt / limit
+    assert [(row[1], row[2]) for row in table_rows(scaling, "4")] == [("10", "9"), ("100", "9"), ("100", "1")]
+    assert "fusion forward + backward" in profile and "median limit step" in profile
+
+
+def test_perf_padding_prints_speedups_at_equal_logits():
+    output = run_script("perf_padding.py", "--quick", "--shape", "smoke", "--reps", "2")
+    rows = table_rows(output, "encode (inference)") + table_rows(output, "train step (batch 4)")
+    assert len(rows) == 4  # printed as measured, then in the summary
+    for row in rows:
+        assert row[2].endswith("/ 77"), row
+        assert float(row[8]) < 1e-4, row  # the logits agree whatever the padding
