@@ -251,7 +251,7 @@ class MuDPTTower(MuDPTLayer):
             and all(ref() is t for ref, t in zip(cache[1], tensors, strict=True))
         ):
             return cache[2]
-        prompts = self.used_prompts(adapter_name)
+        prompts = fusion(own, other)  # what `used_prompts` computes, from the tensors just keyed
         self._prompt_cache = (state, tuple(weakref.ref(t) for t in tensors), prompts)
         return prompts
 
