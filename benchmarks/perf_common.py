@@ -302,6 +302,18 @@ def alternate(cases: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -
     return Timings(wall, cpu, system)
 
 
+def median_cpu_time(fn: Callable[[], Any], n: int, warmup: int = 0) -> float:
+    """Median CPU time (`time.process_time`) of `n` calls of `fn`, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(n):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times)
+
+
 def spread(values: Sequence[float], digits: int = 3) -> str:
     """`median [q1–q3] (min–max)` of `values`: the median, the interquartile range and the full range."""
     median = statistics.median(values)

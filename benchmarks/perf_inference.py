@@ -154,18 +154,14 @@ def component_costs(args, classifier, pixel_values) -> list[list[str]]:
     """Per-call costs of the machinery, measured in isolation (median CPU time of 50 calls)."""
     tower = classifier.model.base_model.model.vision_model
 
-    def median_time(fn, n=50):
-        times = []
-        for _ in range(n):
-            start = time.process_time()
-            fn()
-            times.append(time.process_time() - start)
-        return statistics.median(times)
-
     with torch.no_grad(), common.precision(args.dtype):
-        check = median_time(classifier._state_key)
-        prompts = median_time(lambda: tower.used_prompts("default"))
-        cached = median_time(lambda: tower.call_prompts("default")) if hasattr(tower, "call_prompts") else None
+        check = common.median_cpu_time(classifier._state_key, n=50)
+        prompts = common.median_cpu_time(lambda: tower.used_prompts("default"), n=50)
+        cached = (
+            common.median_cpu_time(lambda: tower.call_prompts("default"), n=50)
+            if hasattr(tower, "call_prompts")
+            else None
+        )
     rows = [
         ["class-feature cache check (`PromptClassifier._state_key`)", f"{check * 1e3:.3f} ms"],
         ["vision prompts computed (`used_prompts`: T2V Injection Model)", f"{prompts * 1e3:.3f} ms"],

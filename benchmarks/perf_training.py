@@ -295,15 +295,6 @@ def section_profile(setup: Setup) -> str:
     tuner = model.get_base_model()
     text, vision = tuner.text_model, tuner.vision_model
 
-    def median_cpu(fn, n: int) -> float:
-        fn()
-        times = []
-        for _ in range(n):
-            start = time.process_time()
-            fn()
-            times.append(time.process_time() - start)
-        return statistics.median(times)
-
     def fusion():
         with common.precision(args.dtype):
             loss = text.used_prompts("default").float().sum() + vision.used_prompts("default").float().sum()
@@ -345,16 +336,17 @@ def section_profile(setup: Setup) -> str:
             total = total + hidden.sum()
         total.backward()
 
-    fill = median_cpu(fill_grads, 11)
+    fill = common.median_cpu_time(fill_grads, 11, warmup=1)
     costs = [
-        ["fusion forward + backward (both Injection Models)", median_cpu(fusion, 11)],
+        ["fusion forward + backward (both Injection Models)", common.median_cpu_time(fusion, 11, warmup=1)],
         [
             f"SGD step + zero_grad ({sum(p.numel() for p in parameters) / 1e6:.2f} M parameters)",
-            median_cpu(optimizer_step, 11) - fill,
+            common.median_cpu_time(optimizer_step, 11, warmup=1) - fill,
         ],
         [
             f"token writes, {args.depth - 1} deep layers x 2 towers, forward + backward",
-            median_cpu(token_writes, 11) - median_cpu(token_writes_baseline, 11),
+            common.median_cpu_time(token_writes, 11, warmup=1)
+            - common.median_cpu_time(token_writes_baseline, 11, warmup=1),
         ],
     ]
     limit, _ = setup.limit_step(batch, args.classes)
