@@ -56,7 +56,7 @@ def padded_to_77(classifier: PromptClassifier, tokenizer) -> PromptClassifier:
     tokens = tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     other.class_input_ids = tokens["input_ids"].to(common.device())
     other.class_attention_mask = tokens["attention_mask"].to(common.device())
-    other._drop_cache()
+    other.clear_cache()
     return other.train(classifier.training)
 
 

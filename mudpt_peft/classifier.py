@@ -5,17 +5,55 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from .layer import MuDPTTower
+from .layer import MuDPTTextTower, MuDPTTower
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
+
+
+_optimizer_steps = [0]
+
+
+def _count_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    _optimizer_steps[0] += 1
+
+
+# torch's own extension point: called after the `step()` of every `torch.optim.Optimizer` (fused kernels, foreach,
+# transformers' Adafactor, optimizers wrapped by accelerate) in this process.
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
+def optimizer_steps() -> int:
+    """How many `torch.optim.Optimizer` steps this process has taken (any optimizer, any parameters)."""
+    return _optimizer_steps[0]
+
+
+def _all_equal(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> bool:
+    """Whether each tensor equals its snapshot exactly; off the CPU with one device synchronisation for all."""
+    if all(t.device.type == "cpu" for t, _ in pairs):
+        return all(torch.equal(t, snapshot) for t, snapshot in pairs)
+    if not pairs:
+        return True
+    device = pairs[0][0].device
+    differs = torch.stack([torch.ne(t, snapshot).any().to(device) for t, snapshot in pairs])
+    return not bool(differs.any())
+
+
+class _ClassFeatureCache(NamedTuple):
+    """Class features computed in eval mode, with what they were computed from."""
+
+    key: tuple  # `PromptClassifier._cache_key()` at the time
+    values: list[tuple[torch.Tensor, torch.Tensor]]  # (tensor, snapshot of its values) of `_value_checked()`
+    features: torch.Tensor
 
 
 def _modules(root: nn.Module) -> Iterator[nn.Module]:
@@ -40,10 +78,13 @@ class PromptClassifier(nn.Module):
 
     `logits = logit_scale.exp() * cos(image features, class features)` (plus the model's `logit_bias` where it has
     one, as SigLIP does), with the model's own logit scale. In training mode the class prompts are re-encoded on every
-    call (the learned text prompts change); in eval mode the class features are computed once and cached, and the
-    cache is dropped whenever anything they depend on can have changed: the active adapter or its enabled state, any
-    weight (an optimizer step, `load_adapter`, `load_state_dict`), the class names or the mode. The class prompts are
-    tokenized once, padded to the longest prompt (not to a fixed 77 tokens).
+    call (the learned text prompts change); in eval mode the class features are computed once and cached. The cache is
+    never returned stale: before each reuse it checks the adapter in use and its enabled state, every parameter's and
+    buffer's identity, version, storage, dtype and device (`load_state_dict`, `load_adapter`, `set_adapter`, `.to()`,
+    in-place writes), the optimizer steps taken in the process (fused optimizers write without a version bump), and
+    the *values* of the adapter tensors the class features depend on, against a snapshot (writes through `.data`). Only
+    a write through `.data` into a frozen base-model weight goes unseen: call [`~PromptClassifier.clear_cache`] after
+    one. The class prompts are tokenized once, padded to the longest prompt (not to a fixed 77 tokens).
 
     With an unwrapped model this is plain zero-shot CLIP classification.
 
@@ -87,8 +128,7 @@ class PromptClassifier(nn.Module):
         self.tokenizer = tokenizer
         self.template = template
         self.image_processor = image_processor
-        self._cache_key: tuple | None = None
-        self._cached_features: torch.Tensor | None = None
+        self._cache: _ClassFeatureCache | None = None
         self.class_names = class_names
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -110,40 +150,99 @@ class PromptClassifier(nn.Module):
         self._class_names = names
         self.register_buffer("class_input_ids", tokens["input_ids"].to(device), persistent=False)
         self.register_buffer("class_attention_mask", tokens["attention_mask"].to(device), persistent=False)
-        self._drop_cache()
+        self.clear_cache()
 
-    def _drop_cache(self) -> None:
-        self._cache_key, self._cached_features = None, None
+    def clear_cache(self) -> None:
+        """Drop the cached class features: the next eval-mode call encodes the class prompts again.
+
+        Never needed after an optimizer step, a load or a `.to()` (see [`PromptClassifier`]); call it after writing
+        new values into a *frozen* base-model weight through `.data` (no version counter sees that write).
+        """
+        self._cache = None
 
     def train(self, mode: bool = True) -> PromptClassifier:
         """Set the mode (dropping the cached class features) and return `self`."""
-        self._drop_cache()
+        self.clear_cache()
         return super().train(mode)
 
-    def _state_key(self) -> tuple:
-        """Everything the class features depend on: adapters in use and every weight's identity, version and storage.
+    def _cache_key(self) -> tuple:
+        """The cheap part of the cache key: what is in use, and every tensor's identity, version and storage.
 
-        The storage (`data_ptr`) changes with `.to()` / `.half()`, which keep the parameter objects and versions.
+        The adapters each tower uses, and for every parameter and buffer of the model its identity, version counter
+        (bumped by in-place writes: `load_state_dict`, `copy_` under `torch.no_grad()`, foreach optimizers), storage
+        (`data_ptr`: `.to()`, `.half()` keep the objects and versions), dtype and device; the optimizer steps taken in
+        this process (a fused optimizer writes without bumping versions). Inference tensors have no version counter:
+        their values are compared instead (see [`~PromptClassifier._value_checked`]).
         """
-        towers, weights = [], []
+        towers, tensors = [], []
         for module in _modules(self.model):
             if isinstance(module, MuDPTTower):
                 towers.append((id(module), module.prompting_adapter()))
-            for p in module._parameters.values():
-                if p is not None:
-                    weights.append((id(p), p._version, p.data_ptr()))
-        return tuple(towers), tuple(weights), self.class_input_ids.data_ptr()
+            for group in (module._parameters, module._buffers):
+                for t in group.values():
+                    if t is not None:
+                        version = None if t.is_inference() else t._version
+                        tensors.append((id(t), version, t.data_ptr(), t.dtype, t.device))
+        return tuple(towers), tuple(tensors), self.class_input_ids.data_ptr(), optimizer_steps()
+
+    def _value_checked(self) -> list[torch.Tensor]:
+        """The tensors whose values are compared with a snapshot before cached class features are reused.
+
+        Everything an adapter learns and the text features depend on: the text tower's prompts and fusion of the
+        active MuDPT adapter, the vision prompts feeding that fusion, the active adapters of any other peft layer;
+        and every inference tensor. These are the values a training loop changes, also in ways no version counter
+        sees (`p.data.copy_(...)`, `p.data -= lr * p.grad`, an optimizer outside `torch.optim`).
+        """
+        checked: dict[int, torch.Tensor] = {}
+        for module in _modules(self.model):
+            if isinstance(module, MuDPTTextTower):
+                adapter = module.prompting_adapter()
+                if adapter is not None:
+                    fusion = module.mudpt_fusion[adapter]
+                    own = module.learned_prompts(adapter)
+                    other = module.partner.learned_prompts(adapter) if module.partner is not None else None
+                    for t in (own, other, *fusion.parameters(), *fusion.buffers()):
+                        if t is not None:
+                            checked[id(t)] = t
+            elif isinstance(module, BaseTunerLayer) and not isinstance(module, MuDPTTower):
+                for name in module.adapter_layer_names:
+                    container = getattr(module, name, None)
+                    if not isinstance(container, (nn.ModuleDict, nn.ParameterDict)):
+                        continue
+                    for adapter in module.active_adapters:
+                        item = container[adapter] if adapter in container else None
+                        tensors = [item] if isinstance(item, torch.Tensor) else []
+                        if isinstance(item, nn.Module):
+                            tensors = [*item.parameters(), *item.buffers()]
+                        checked.update((id(t), t) for t in tensors)
+            for group in (module._parameters, module._buffers):
+                checked.update((id(t), t) for t in group.values() if t is not None and t.is_inference())
+        return list(checked.values())
+
+    def _cached(self) -> torch.Tensor | None:
+        """The cached class features if nothing they depend on has changed since they were computed, else `None`."""
+        cache = self._cache
+        if cache is None or cache.key != self._cache_key():
+            return None
+        tensors = self._value_checked()
+        if len(tensors) != len(cache.values) or any(
+            t is not reference for t, (reference, _) in zip(tensors, cache.values, strict=True)
+        ):
+            return None
+        return cache.features if _all_equal(cache.values) else None
 
     def encode_classes(self) -> torch.Tensor:
         """The L2-normalised class features, shape `(classes, dim)`; cached in eval mode."""
         if self.training:
             return self._encode_classes()
-        key = self._state_key()
-        if key != self._cache_key or self._cached_features is None:
+        features = self._cached()
+        if features is None:
+            key = self._cache_key()
             with torch.no_grad():
-                self._cached_features = self._encode_classes()
-            self._cache_key = key
-        return self._cached_features
+                snapshots = [(t, t.detach().clone()) for t in self._value_checked()]
+                features = self._encode_classes()
+            self._cache = _ClassFeatureCache(key, snapshots, features)
+        return features
 
     def _encode_classes(self) -> torch.Tensor:
         features = _features(

@@ -443,6 +443,7 @@ class PromptTuningTrainer(Trainer):
         """`Trainer.evaluate`; the accuracy is also recorded for the adapter's model card (see
         [`~mudpt_peft.evaluation.record_eval_result`]), with the dataset's name (or the key of a dict of evaluation
         datasets), its split, the training seed and the shots per class of a class-balanced training set."""
+        self.classifier.clear_cache()  # the class features are encoded once per evaluation, from the current weights
         metrics = super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if isinstance(dataset, Mapping) or f"{metric_key_prefix}_accuracy" not in metrics:
@@ -460,6 +461,13 @@ class PromptTuningTrainer(Trainer):
             },
         )
         return metrics
+
+    def predict(
+        self, test_dataset: Any, ignore_keys: list[str] | None = None, metric_key_prefix: str = "test"
+    ) -> Any:
+        """`Trainer.predict`, with the class features encoded afresh from the current weights."""
+        self.classifier.clear_cache()
+        return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
 
     def _shots_per_class(self) -> int | None:
         """The examples per class of the training set when every class has the same number (a few-shot sample)."""

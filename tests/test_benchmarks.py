@@ -51,7 +51,7 @@ def test_perf_inference_prints_the_ratios():
         assert re.fullmatch(RATIO, row[7]) and re.fullmatch(RATIO, row[8]), row  # limit / zero-shot, mudpt / limit
         assert row[-1] == "3"
     components = section(output, "## Per-call machinery costs")
-    assert components.count("| smoke |") == 6 and "call_prompts" in components
+    assert components.count("| smoke |") == 4 and "PromptClassifier._cached" in components
 
 
 def test_perf_training_prints_every_section():

@@ -171,8 +171,9 @@ def test_evaluation_encodes_the_class_prompts_once(tokenizer, tmp_path):
     original = model.get_text_features
     model.get_text_features = lambda *a, **k: calls.append(1) or original(*a, **k)
     first = trainer.evaluate()
+    assert len(calls) == 1  # cached across the batches of an evaluation
     second = trainer.evaluate()
-    assert len(calls) == 1  # cached across batches and evaluations while the weights are unchanged
+    assert len(calls) == 2  # encoded afresh at the start of each evaluation, from the weights of that moment
     assert first["eval_accuracy"] == second["eval_accuracy"] and first["eval_loss"] == second["eval_loss"]
     assert "eval_top5_accuracy" in first
     # fewer than 5 classes: no top-5
