@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -75,6 +76,15 @@ def make_inputs(seed: int = 1, batch: int = 3, length: int = 7, image_size: int 
         attention_mask[row, :real] = 1
     pixel_values = torch.randn(batch, 3, image_size, image_size, generator=generator)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of `model` with every parameter frozen, as `get_peft_model` freezes the base model.
+
+    The reference for a bit-exact comparison with a PeftModel must run the same kernels: freezing changes them
+    (`nn.MultiheadAttention` takes its fast path only without autograd on its weights, as in SigLIP's pooling head).
+    """
+    return copy.deepcopy(model).requires_grad_(False)
 
 
 @pytest.fixture

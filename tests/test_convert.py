@@ -342,7 +342,17 @@ def test_mudpt_injection_models_compute_the_official_light_transformer(widths, i
     assert vision.mudpt_fusion["default"].blocks[0].attn.num_heads == expected_heads[0]
     assert text.mudpt_fusion["default"].blocks[0].attn.num_heads == expected_heads[1]
 
-    state = {key: value.float() for key, value in official.state.items()}
+    # Two different computations of the same math, so no bit-equality and no fixed tolerance: the adapter runs in
+    # float32, with kernels that change with the CPU's instruction set and thread count (its outputs moved by up to
+    # 3e-4 between AVX-512 and AVX2 here, at |x| up to 57), so the official math is computed in float64 and the
+    # adapter must match it within gamma_w = w * eps32 of the output scale: the classic worst-case relative error of
+    # a float32 dot product of length w (Higham), w the wider tower's width. A real mistake (a head count, a norm, a
+    # bias) moves the outputs by O(1).
+    state = {key: value.double() for key, value in official.state.items()}
+
+    def within_float32_rounding(actual: torch.Tensor, oracle: torch.Tensor) -> None:
+        bound = max(widths.values()) * torch.finfo(torch.float32).eps * oracle.abs().max().item()
+        torch.testing.assert_close(actual.double(), oracle, rtol=0, atol=bound)
 
     def injection(x: torch.Tensor, ln_pre: str, block: str, ln_post: str, proj: str, heads: int) -> torch.Tensor:
         def ln(h: torch.Tensor, prefix: str) -> torch.Tensor:
@@ -352,7 +362,7 @@ def test_mudpt_injection_models_compute_the_official_light_transformer(widths, i
             return F.linear(h, state[f"{prefix}.weight"], state[f"{prefix}.bias"])
 
         width = x.shape[-1]
-        attention = nn.MultiheadAttention(width, heads)
+        attention = nn.MultiheadAttention(width, heads, dtype=torch.float64)
         attention.load_state_dict(
             {name: state[f"{block}.attn.{name}"] for name in ("in_proj_weight", "in_proj_bias")}
             | {f"out_proj.{p}": state[f"{block}.attn.out_proj.{p}"] for p in ("weight", "bias")}
@@ -377,9 +387,9 @@ def test_mudpt_injection_models_compute_the_official_light_transformer(widths, i
         )
         vision_used = vision.used_prompts("default") - vision.mudpt_prompts["default"]
         text_used = text.used_prompts("default") - text.mudpt_prompts["default"]
-    torch.testing.assert_close(vision_used, t2v, rtol=1e-5, atol=1e-5)
+    within_float32_rounding(vision_used, t2v)
     assert torch.equal(text_used[0], torch.zeros_like(text_used[0]))  # text layer 0 gets no injection
-    torch.testing.assert_close(text_used[1:], v2t, rtol=1e-5, atol=1e-5)
+    within_float32_rounding(text_used[1:], v2t)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ must be exact.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 
@@ -43,7 +42,7 @@ from mudpt_peft import MuDPTConfig, families
 from mudpt_peft.config import METHOD_PRESETS
 from mudpt_peft.layer import MuDPTLayer, MuDPTPoolingHead
 
-from .conftest import make_tokenizer_files
+from .conftest import frozen_copy, make_tokenizer_files
 from .test_lifecycle import hooks_of
 from .test_reference import _mha, ref_injection
 
@@ -439,7 +438,7 @@ def small(method: str, **overrides) -> MuDPTConfig:
 
 def adapted(family: str, config: MuDPTConfig | None = None, seed: int = 0, attn: str | None = None):
     model = make_model(family, attn=attn)
-    pristine = copy.deepcopy(model)
+    pristine = frozen_copy(model)
     peft_model = get_peft_model(model, config or small("mudpt")).eval()
     randomize_adapter(peft_model, seed)
     return peft_model, pristine
@@ -558,7 +557,7 @@ def test_lifecycle_is_exact(family, tmp_path):
     """save / load, disable_adapter, several adapters, unload: bit-exact."""
     inputs = make_inputs(family)
     base = make_model(family)
-    pristine = copy.deepcopy(base)
+    pristine = frozen_copy(base)  # like with like: the PeftModel's base is frozen too
     hooks_before = hooks_of(base)
     expected_base = run_model(pristine, inputs)
 
@@ -807,7 +806,7 @@ def test_unsupported_models_are_refused_with_the_supported_classes(make, isolate
 def test_a_custom_family_registered_without_editing_the_library(isolated_registry):
     torch.manual_seed(0)
     base = TwoTowers(SPECS["clip"].config()).eval()
-    pristine = copy.deepcopy(base)
+    pristine = frozen_copy(base)
     inputs = make_inputs("clip")
     mudpt_peft.register_family(TWO_TOWERS_SPEC)
     assert mudpt_peft.get_family_spec(base) is TWO_TOWERS_SPEC and "TwoTowers" in mudpt_peft.supported_model_classes()

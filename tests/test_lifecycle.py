@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from mudpt_peft import MuDPTConfig
 from mudpt_peft.layer import MuDPTLayer
 
-from .conftest import make_clip, make_inputs
+from .conftest import frozen_copy, make_clip, make_inputs
 
 
 def logits(model, inputs) -> torch.Tensor:
@@ -239,7 +239,7 @@ def test_disable_adapter_gives_the_base_outputs(inputs):
 
 def test_unload_restores_the_original_model(inputs):
     base = make_clip()
-    pristine = copy.deepcopy(base)
+    pristine = frozen_copy(base)
     hooks_before = hooks_of(base)
     model = get_peft_model(base, MuDPTConfig(depth=4))
     randomize_adapter(model)

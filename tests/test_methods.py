@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
@@ -19,7 +17,7 @@ from mudpt_peft.fusion import (
 )
 from mudpt_peft.layer import MuDPTLayer
 
-from .conftest import make_clip, make_inputs
+from .conftest import frozen_copy, make_clip, make_inputs
 from .test_lifecycle import hooks_of, logits, randomize_adapter
 
 SMALL = {"depth": 3, "n_ctx": 2}
@@ -89,9 +87,9 @@ EXPECTED_FUSIONS = {
 def test_every_method_runs_the_whole_lifecycle(method, tmp_path):
     inputs = make_inputs()
     base = make_clip()
-    pristine = copy.deepcopy(base)
+    pristine = frozen_copy(base)
     hooks_before = hooks_of(base)
-    expected_base = logits(base, inputs)
+    expected_base = logits(pristine, inputs)  # frozen like the PeftModel's base: the same kernels
     model = get_peft_model(base, small(method))
     clip = model.base_model.model
 
