@@ -2,7 +2,8 @@
 
 Three cases run alternately in one process on the same images, with random-weight CLIP models of the real shape:
 
-- **mudpt**: `PromptClassifier(get_peft_model(clip, MuDPTConfig depth 9, n_ctx 2), ...)` in eval mode; its class
+- **mudpt**: `PromptClassifier(get_peft_model(clip, MuDPTConfig depth 9, n_ctx 2), ...)` in eval mode, the adapter
+  frozen as when loaded for inference (`--adapter trainable`: as evaluated during training); its class
   features are cached (encoded on the warm-up call), so a call encodes the images only: the vision tower with its
   visual prompts, the T2V Injection Model (evaluated on every call), the class-feature cache check (a cheap key
   and a comparison of the text-side adapter values with a snapshot).
@@ -57,6 +58,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--budget", type=float, default=90.0, help="seconds of timed calls per shape and batch (11 to 201 reps)"
     )
+    parser.add_argument(
+        "--adapter",
+        default="frozen",
+        choices=["frozen", "trainable"],
+        help="frozen: loaded for inference (PeftModel.from_pretrained's default); trainable: evaluation during "
+        "training (the class-feature cache then also compares the trainable adapter values with a snapshot)",
+    )
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
     parser.add_argument("--profile", action="store_true", help="profile one mudpt call (torch.profiler)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd vision towers")
@@ -88,6 +96,8 @@ def build(args: argparse.Namespace, shape: str):
     # until the autocast region ends, which costs time on CPU (fresh memory on every call)
     plain = common.build_clip(shape, attn_implementation=args.attn).requires_grad_(False)
     model = common.mudpt(plain, depth=args.depth, n_ctx=args.n_ctx)
+    if args.adapter == "frozen":
+        model.requires_grad_(False)
     classifier = PromptClassifier(model, tokenizer, names, template=TEMPLATE).eval()
     zero_shot = PromptClassifier(plain, tokenizer, names, template=TEMPLATE).eval()
     with torch.no_grad(), common.precision(args.dtype):
@@ -177,7 +187,10 @@ def profile(args, call) -> None:
 def main() -> None:
     args = parse_args()
     common.setup(args)
-    print(f"# Inference: PromptClassifier (MuDPT depth {args.depth}, n_ctx {args.n_ctx}) vs zero-shot CLIP\n")
+    print(
+        f"# Inference: PromptClassifier (MuDPT depth {args.depth}, n_ctx {args.n_ctx}, {args.adapter} adapter) vs "
+        "zero-shot CLIP\n"
+    )
     print(f"machine: {common.machine(args)}; attention: {args.attn}")
     print(f"command: {common.command_line()}\n")
     rows, component_rows, compiled_rows = [], [], []

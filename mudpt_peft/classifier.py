@@ -82,9 +82,11 @@ class PromptClassifier(nn.Module):
     never returned stale: before each reuse it checks the adapter in use and its enabled state, every parameter's and
     buffer's identity, version, storage, dtype and device (`load_state_dict`, `load_adapter`, `set_adapter`, `.to()`,
     in-place writes), the optimizer steps taken in the process (fused optimizers write without a version bump), and
-    the *values* of the adapter tensors the class features depend on, against a snapshot (writes through `.data`). Only
-    a write through `.data` into a frozen base-model weight goes unseen: call [`~PromptClassifier.clear_cache`] after
-    one. The class prompts are tokenized once, padded to the longest prompt (not to a fixed 77 tokens).
+    the *values* of the trainable adapter tensors the class features depend on, against a snapshot (writes through
+    `.data`). Only a write through `.data` into a frozen weight (of the base model, or of an adapter loaded for
+    inference), or an in-place write into an inference tensor of the base model, goes unseen: call
+    [`~PromptClassifier.clear_cache`] after one. The class prompts are tokenized once, padded to the longest prompt
+    (not to a fixed 77 tokens).
 
     With an unwrapped model this is plain zero-shot CLIP classification.
 
@@ -156,7 +158,7 @@ class PromptClassifier(nn.Module):
         """Drop the cached class features: the next eval-mode call encodes the class prompts again.
 
         Never needed after an optimizer step, a load or a `.to()` (see [`PromptClassifier`]); call it after writing
-        new values into a *frozen* base-model weight through `.data` (no version counter sees that write).
+        new values into a *frozen* weight through `.data` (no version counter sees that write).
         """
         self._cache = None
 
@@ -188,10 +190,12 @@ class PromptClassifier(nn.Module):
     def _value_checked(self) -> list[torch.Tensor]:
         """The tensors whose values are compared with a snapshot before cached class features are reused.
 
-        Everything an adapter learns and the text features depend on: the text tower's prompts and fusion of the
-        active MuDPT adapter, the vision prompts feeding that fusion, the active adapters of any other peft layer;
-        and every inference tensor. These are the values a training loop changes, also in ways no version counter
-        sees (`p.data.copy_(...)`, `p.data -= lr * p.grad`, an optimizer outside `torch.optim`).
+        The adapter tensors the text features depend on (the text tower's prompts and fusion of the active MuDPT
+        adapter, the vision prompts feeding that fusion, the active adapters of any other peft layer) that are
+        trainable or inference tensors: the values a training loop changes, also in ways no version counter sees
+        (`p.data.copy_(...)`, `p.data -= lr * p.grad`, an optimizer outside `torch.optim`), and tensors without a
+        version counter. A frozen adapter (loaded for inference, the default of `PeftModel.from_pretrained`) costs no
+        comparison: its version counters see every in-place write but one through `.data`.
         """
         checked: dict[int, torch.Tensor] = {}
         for module in _modules(self.model):
@@ -215,9 +219,7 @@ class PromptClassifier(nn.Module):
                         if isinstance(item, nn.Module):
                             tensors = [*item.parameters(), *item.buffers()]
                         checked.update((id(t), t) for t in tensors)
-            for group in (module._parameters, module._buffers):
-                checked.update((id(t), t) for t in group.values() if t is not None and t.is_inference())
-        return list(checked.values())
+        return [t for t in checked.values() if t.requires_grad or t.is_inference()]
 
     def _cached(self) -> torch.Tensor | None:
         """The cached class features if nothing they depend on has changed since they were computed, else `None`."""

@@ -260,7 +260,7 @@ def test_the_cache_is_reused_while_nothing_changes(tokenizer):
 
 
 def test_documented_limit_a_data_write_into_a_frozen_base_weight(tokenizer):
-    """The one write no key sees (documented): `.data` into a frozen base weight. `clear_cache()` is the remedy."""
+    """The write no key sees (documented): `.data` into a frozen weight. `clear_cache()` is the remedy."""
     classifier = adapted_classifier(tokenizer)
     before = logits(classifier)
     projection = classifier.model.base_model.model.text_projection.weight
@@ -321,3 +321,24 @@ def test_trainer_with_default_arguments_reports_what_a_fresh_model_measures(toke
         measured = fresh.evaluate()
         assert measured["eval_loss"] == entry["eval_loss"]
         assert measured["eval_accuracy"] == entry["eval_accuracy"]
+
+
+def test_an_adapter_loaded_for_inference_is_keyed_by_versions(tokenizer, tmp_path):
+    """Frozen adapter tensors (the default of `PeftModel.from_pretrained`): no value comparison, so no cost; every
+    in-place write but one through `.data` bumps their version counters, and loads replace or copy them."""
+    saved = get_peft_model(clip_for_tokenizer(), MuDPTConfig(depth=3))
+    randomize_adapter(saved)
+    saved.save_pretrained(tmp_path)
+    model = PeftModel.from_pretrained(clip_for_tokenizer(), tmp_path)
+    classifier = PromptClassifier(model, tokenizer, CLASSES).eval()
+    assert not trainable(classifier) and classifier._value_checked() == []
+    prompts = model.base_model.model.text_model.mudpt_prompts["default"]
+
+    def write() -> None:
+        with torch.no_grad():
+            prompts.add_(torch.randn(prompts.shape, generator=torch.Generator().manual_seed(0)))
+
+    assert_fresh_after(classifier, tokenizer, write)
+    randomize_adapter(saved, seed=4)
+    saved.save_pretrained(tmp_path)
+    assert_fresh_after(classifier, tokenizer, lambda: model.load_adapter(tmp_path, adapter_name="default"))
