@@ -5,7 +5,10 @@ Importing this package registers the method with peft, so that `peft.get_peft_mo
 """
 
 from . import hub
-from ._registration import MUDPT_PEFT_TYPE, MUDPT_PREFIX, register_mudpt
+from ._peft_type import MUDPT_PEFT_TYPE, MUDPT_PREFIX
+from ._registration import register_mudpt
+from ._version import __version__ as __version__
+from .adapter_files import allow_pickled_weights
 from .classifier import PromptClassifier
 from .config import MuDPTConfig
 from .families import (
@@ -21,9 +24,9 @@ from .families import (
     registered_families,
     supported_model_classes,
 )
-from .hub import allow_pickled_weights, write_model_card
 from .injection import InjectionModel
 from .model import MuDPTModel
+from .model_card import write_model_card
 
 register_mudpt()
 
@@ -51,7 +54,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__version__ = "0.1.0"
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY_EXPORTS})
+
 
 __all__ = [
     "ALTCLIP_SPEC",

@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-from peft.utils import PeftType
+from ._peft_type import MUDPT_PEFT_TYPE, MUDPT_PREFIX
 
-from ._enum import extend_str_enum
-
-#: The peft type of MuDPT adapters (`"MUDPT"` in `adapter_config.json`).
-MUDPT_PEFT_TYPE = extend_str_enum(PeftType, "MUDPT")
-
-#: The prefix of every MuDPT parameter name, and of the tensors in `adapter_model.safetensors`.
-MUDPT_PREFIX = "mudpt_"
+__all__ = ["MUDPT_PEFT_TYPE", "MUDPT_PREFIX", "register_mudpt"]
 
 
 def register_mudpt() -> None:
     """Register MuDPT with peft, once.
 
     Afterwards `get_peft_model`, `PeftModel.from_pretrained` and `PeftConfig.from_pretrained` accept
-    `"peft_type": "MUDPT"`, and a plain `PeftModel.save_pretrained` / `push_to_hub` of MuDPT adapters writes the
-    MuDPT model card and the weights' fingerprint (see `mudpt_peft._peft_hooks`). Calling it again is a no-op; if
-    the registered classes come from an earlier import of this package (e.g. after `importlib.reload`), the mappings
-    are pointed at the current classes.
+    `"peft_type": "MUDPT"`. Nothing of peft or transformers is patched: what MuDPT adds to saving and loading goes
+    through peft's own extension points (the config's `save_pretrained`, the tuner's state-dict hooks). Calling it
+    again is a no-op; if the registered classes come from an earlier import of this package (e.g. after
+    `importlib.reload`), the mappings are pointed at the current classes.
     """
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
     from peft.utils import register_peft_method
 
-    from ._peft_hooks import install
-    from .config import MuDPTConfig
+    from .config import MuDPTConfig  # looked up on each call: the current classes after a reload
     from .model import MuDPTModel
 
-    install()  # MuDPT model card and weights fingerprint for plain save_pretrained / push_to_hub
     if MUDPT_PEFT_TYPE not in PEFT_TYPE_TO_CONFIG_MAPPING:
         register_peft_method(name="mudpt", config_cls=MuDPTConfig, model_cls=MuDPTModel, prefix=MUDPT_PREFIX)
         return

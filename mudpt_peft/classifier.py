@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -14,6 +14,9 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers.modeling_outputs import ImageClassifierOutput
 
+from ._utils import base_model_of, first_float_parameter, iter_modules, projected_features
+from .adapter_files import load_classifier_info
+from .compat import check_base_model
 from .layer import MuDPTTextTower, MuDPTTower
 
 if TYPE_CHECKING:
@@ -54,23 +57,6 @@ class _ClassFeatureCache(NamedTuple):
     key: tuple  # `PromptClassifier._cache_key()` at the time
     values: list[tuple[torch.Tensor, torch.Tensor]]  # (tensor, snapshot of its values) of `_value_checked()`
     features: torch.Tensor
-
-
-def _modules(root: nn.Module) -> Iterator[nn.Module]:
-    """Every module under `root` once (`root.modules()` without building the dotted names: cheaper per call)."""
-    stack, seen = [root], set()
-    while stack:
-        module = stack.pop()
-        if module is None or id(module) in seen:
-            continue
-        seen.add(id(module))
-        yield module
-        stack.extend(module._modules.values())
-
-
-def _features(output: Any) -> torch.Tensor:
-    """The projected features from `get_text_features` / `get_image_features` (an output object in transformers 5)."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
 class PromptClassifier(nn.Module):
@@ -148,7 +134,7 @@ class PromptClassifier(nn.Module):
         names = [str(name) for name in class_names]
         prompts = [self.template.format(name) for name in names]
         tokens = self.tokenizer(prompts, padding="longest", return_tensors="pt")
-        device = next(self.model.parameters()).device
+        device = first_float_parameter(self.model).device
         self._class_names = names
         self.register_buffer("class_input_ids", tokens["input_ids"].to(device), persistent=False)
         self.register_buffer("class_attention_mask", tokens["attention_mask"].to(device), persistent=False)
@@ -177,7 +163,7 @@ class PromptClassifier(nn.Module):
         their values are compared instead (see [`~PromptClassifier._value_checked`]).
         """
         towers, tensors = [], []
-        for module in _modules(self.model):
+        for module in iter_modules(self.model):
             if isinstance(module, MuDPTTower):
                 towers.append((id(module), module.prompting_adapter()))
             for group in (module._parameters, module._buffers):
@@ -198,7 +184,7 @@ class PromptClassifier(nn.Module):
         comparison: its version counters see every in-place write but one through `.data`.
         """
         checked: dict[int, torch.Tensor] = {}
-        for module in _modules(self.model):
+        for module in iter_modules(self.model):
             if isinstance(module, MuDPTTextTower):
                 adapter = module.prompting_adapter()
                 if adapter is not None:
@@ -247,7 +233,7 @@ class PromptClassifier(nn.Module):
         return features
 
     def _encode_classes(self) -> torch.Tensor:
-        features = _features(
+        features = projected_features(
             self.model.get_text_features(input_ids=self.class_input_ids, attention_mask=self.class_attention_mask)
         )
         return F.normalize(features, dim=-1)
@@ -255,20 +241,15 @@ class PromptClassifier(nn.Module):
     # ----------------------------------------------------------------------------------------------------------------
     # classification
 
-    def _base_model(self) -> nn.Module:
-        model = self.model
-        get_base_model = getattr(model, "get_base_model", None)
-        return get_base_model() if callable(get_base_model) else model
-
     def forward(
         self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any
     ) -> ImageClassifierOutput:
         """Logits of shape `(batch, classes)`, and the cross-entropy `loss` when `labels` are given."""
         class_features = self.encode_classes()
         image_features = F.normalize(
-            _features(self.model.get_image_features(pixel_values=pixel_values, **kwargs)), dim=-1
+            projected_features(self.model.get_image_features(pixel_values=pixel_values, **kwargs)), dim=-1
         )
-        base = self._base_model()
+        base = base_model_of(self.model)
         logits = image_features @ class_features.to(image_features.dtype).t()
         logits = logits * base.logit_scale.exp().to(logits.dtype)
         logit_bias = getattr(base, "logit_bias", None)
@@ -292,16 +273,15 @@ class PromptClassifier(nn.Module):
                 "`predict` needs the model's image processor: pass `image_processor=` to PromptClassifier."
             )
         images = list(images)
-        device = next(self.model.parameters()).device
+        parameter = first_float_parameter(self.model)
         predictions: list[str] = []
         for start in range(0, len(images), batch_size):
             batch = [
                 image.convert("RGB") if hasattr(image, "convert") else image
                 for image in images[start : start + batch_size]
             ]
-            pixel_values = self.image_processor(images=batch, return_tensors="pt")["pixel_values"].to(device)
-            dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
-            logits = self(pixel_values=pixel_values.to(dtype)).logits
+            pixel_values = self.image_processor(images=batch, return_tensors="pt")["pixel_values"]
+            logits = self(pixel_values=pixel_values.to(device=parameter.device, dtype=parameter.dtype)).logits
             predictions.extend(self._class_names[i] for i in logits.argmax(-1).tolist())
         return predictions
 
@@ -325,7 +305,8 @@ class PromptClassifier(nn.Module):
                 The folder (created if needed).
             eval_results (`dict` or list of `dict`, *optional*):
                 Evaluation results for the model card: `dataset`, `accuracy` (top-1, in percent) and optionally
-                `shots`, `seed`, `split`, `top5_accuracy`, `dataset_id` (see [`mudpt_peft.hub.write_model_card`]).
+                `shots`, `seed`, `split`, `top5_accuracy`, `dataset_id` (see
+                [`mudpt_peft.model_card.write_model_card`]).
             is_main_process (`bool`, defaults to `True`):
                 Write nothing unless `True` (for distributed training).
 
@@ -412,7 +393,7 @@ class PromptClassifier(nn.Module):
         Loads the adapter onto `base_model` with `PeftModel.from_pretrained` and the class names and template from
         `prompt_classifier.json`. Everything is checked before the base model is touched (the adapter's files, see
         [`MuDPTConfig.from_pretrained`]; the classifier file; the base model's class, family and geometry as far as
-        the adapter recorded them, see [`mudpt_peft.hub.check_base_model`]; the tokenizer); if the adapter's tensors
+        the adapter recorded them, see [`mudpt_peft.compat.check_base_model`]; the tokenizer); if the adapter's tensors
         do not fit the base model, the base model is left without MuDPT wrappers.
 
         Args:
@@ -453,8 +434,6 @@ class PromptClassifier(nn.Module):
             ```
         """
         from peft import PeftModel
-
-        from .hub import check_base_model, load_classifier_info
 
         if isinstance(base_model, PeftModel):
             raise ValueError(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from peft.config import PeftConfig
 
-from ._registration import MUDPT_PEFT_TYPE
+from ._peft_type import MUDPT_PEFT_TYPE
+from .adapter_files import SAFETENSORS_WEIGHTS_NAME, TENSORS_FINGERPRINT_KEY, WEIGHTS_FINGERPRINT_KEY, load_config
 from .fusion import FUSIONS
 
 
@@ -203,10 +206,11 @@ class MuDPTConfig(PeftConfig):
         `PeftModel.load_adapter` before it creates any adapter weight, so an adapter refused here leaves the model as
         it was. On top of `PeftConfig.from_pretrained`, a `ValueError` that names the file and says what to do is
         raised when the repository, revision or file does not exist, or `adapter_config.json` is not valid JSON or not
-        a MUDPT config; and, when peft is loading the adapter (the weights are not needed to read a config saved on
-        its own), when `adapter_model.safetensors` is missing, truncated or corrupted, or is not the file that was
-        saved with this config, or the weights exist only as a pickled `adapter_model.bin` and pickles were not
-        allowed with `mudpt_peft.allow_pickled_weights()`. `mudpt_peft.hub.check_adapter` runs all these checks.
+        a MUDPT config; when `adapter_model.safetensors` is truncated or corrupted, or missing although the config
+        records its fingerprint (every save with weights does; a config saved on its own does not, and loads by
+        itself), or the weights exist only as a pickled `adapter_model.bin` and pickles were not allowed with
+        `mudpt_peft.allow_pickled_weights()`. `mudpt_peft.check_adapter` runs these checks. Whether the tensors are
+        the ones saved with this config is checked by the tuner when it loads them, on every loading path.
 
         Args:
             pretrained_model_name_or_path (`str` or `os.PathLike`):
@@ -217,8 +221,6 @@ class MuDPTConfig(PeftConfig):
                 `revision`, `token`, `cache_dir`, `local_files_only`, `force_download` for the Hub, and config fields
                 to override.
         """
-        from .hub import load_config
-
         return load_config(cls, pretrained_model_name_or_path, subfolder, **kwargs)
 
     def record_base_model(self, record: dict[str, Any]) -> None:
@@ -226,18 +228,36 @@ class MuDPTConfig(PeftConfig):
 
         `save_pretrained` writes them into `auto_mapping` of `adapter_config.json`, beside the base model class that
         peft records, so that loading the adapter onto a model of another family or geometry is refused (see
-        `mudpt_peft.hub.check_base_model`). Not a config field: it does not take part in comparisons.
+        `mudpt_peft.compat.check_base_model`). Not a config field: it does not take part in comparisons.
         """
         self._base_model_record = dict(record)
 
+    def record_saved_tensors(self, fingerprint: str) -> None:
+        """Remember the fingerprint of the adapter tensors a save is writing (`MuDPTModel` calls this when peft takes
+        the adapter's state dict); the next `save_pretrained` beside an `adapter_model.safetensors` written since
+        records it."""
+        self._saved_tensors_fingerprint = (fingerprint, time.time_ns())
+
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
-        """`PeftConfig.save_pretrained`, with the base model's family and geometry added to `auto_mapping` when this
-        config was used to create an adapter (so a plain `PeftModel.save_pretrained` or `push_to_hub` records them).
+        """`PeftConfig.save_pretrained`, with MuDPT's records in `auto_mapping`.
+
+        peft's `PeftModel.save_pretrained` writes the weights, then calls this for each adapter folder. Recorded: the
+        base model's family and geometry when this config was used to create an adapter, and the fingerprint of the
+        tensors just written ([`~mudpt_peft.adapter_files.adapter_fingerprint`]) when the folder holds them. A
+        fingerprint recorded by an earlier save is never carried over: a config saved on its own records none.
         """
-        record = getattr(self, "_base_model_record", None)
-        if record:
-            recorded = kwargs.get("auto_mapping_dict") or self.auto_mapping or {}
-            kwargs["auto_mapping_dict"] = {**recorded, **record}
+        recorded = dict(kwargs.get("auto_mapping_dict") or self.auto_mapping or {})
+        for key in (TENSORS_FINGERPRINT_KEY, WEIGHTS_FINGERPRINT_KEY):
+            recorded.pop(key, None)
+        recorded.update(getattr(self, "_base_model_record", None) or {})
+        fingerprint, taken = self.__dict__.pop("_saved_tensors_fingerprint", (None, 0))
+        weights = Path(save_directory) / SAFETENSORS_WEIGHTS_NAME
+        # written since the tensors were taken (file times come from a coarser clock: a second of slack)
+        if fingerprint is not None and weights.is_file() and weights.stat().st_mtime_ns >= taken - 10**9:
+            recorded[TENSORS_FINGERPRINT_KEY] = fingerprint
+        kwargs["auto_mapping_dict"] = recorded or None
+        if not recorded and self.auto_mapping:
+            kwargs["auto_mapping_dict"] = {}  # not the stale `auto_mapping` field
         super().save_pretrained(save_directory, **kwargs)
 
     @classmethod

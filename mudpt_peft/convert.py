@@ -36,7 +36,7 @@ from transformers import CLIPModel
 
 from .config import MuDPTConfig
 from .families import get_family_spec
-from .model import _refuse_wrapped, _validate_against_model
+from .model import refuse_wrapped, validate_against_model
 
 #: The methods whose official checkpoints [`convert_official`] reads.
 OFFICIAL_METHODS: tuple[str, ...] = ("coop", "vpt", "ivlp", "maple", "mudpt-linear", "mudpt")
@@ -177,14 +177,9 @@ def convert_official(
             f"`convert_official` needs a `transformers.CLIPModel` (converted from the OpenAI CLIP the checkpoint was "
             f"trained with), got {type(base_model).__name__}. Load it with `CLIPModel.from_pretrained(...)`."
         )
-    _refuse_wrapped(base_model)
+    refuse_wrapped(base_model)
     spec = get_family_spec(base_model)
-    geometry = _Geometry(
-        text_width=spec.text_width(base_model),
-        vision_width=spec.vision_width(base_model),
-        text_layers=spec.num_text_layers(base_model),
-        vision_layers=spec.num_vision_layers(base_model),
-    )
+    geometry = _Geometry(**spec.geometry(base_model))
     state_dict = _official_state_dict(checkpoint)
 
     plan = _Plan(state_dict, geometry)
@@ -199,7 +194,7 @@ def convert_official(
     if injection_heads is not None:
         plan.overrides["injection_heads"] = injection_heads
     config = MuDPTConfig.for_method(key, **plan.overrides)
-    _validate_against_model(config, base_model, spec)
+    validate_against_model(config, base_model, spec)
 
     model = get_peft_model(base_model, config, adapter_name=adapter_name)
     try:

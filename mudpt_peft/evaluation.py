@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ._utils import first_float_parameter, model_image_size
 from .classifier import PromptClassifier
 from .data import ImageClassificationCollator, check_image_classification_dataset
+from .model_card import record_eval_result, recorded_eval_results
 
 __all__ = ["accuracy_metrics", "evaluate", "harmonic_mean", "record_eval_result", "recorded_eval_results"]
 
-#: The attribute of an adapter's `MuDPTConfig` that holds its recorded evaluation results (not saved in the config).
-_RESULTS_ATTRIBUTE = "_mudpt_eval_results"
-_RESULT_KEYS = ("dataset", "split", "shots", "seed", "accuracy", "top5_accuracy")
 
 
 def accuracy_metrics(logits: Any, labels: Any) -> dict[str, float]:
@@ -112,11 +111,11 @@ def evaluate(
     if len(dataset) == 0:
         raise ValueError("The dataset is empty: there is nothing to evaluate.")
     collator = ImageClassificationCollator(
-        image_processor, image_column=image_column, label_column=label_column, image_size=_model_image_size(model)
+        image_processor, image_column=image_column, label_column=label_column, image_size=model_image_size(model)
     )
     was_training = model.training
     classifier = PromptClassifier(model, tokenizer, class_names, template=template).eval()
-    parameter = next(p for p in model.parameters() if p.is_floating_point())
+    parameter = first_float_parameter(model)
     all_logits, all_labels = [], []
     try:
         for start in range(0, len(dataset), batch_size):
@@ -152,67 +151,3 @@ def split_of(dataset: Any) -> str | None:
     """The split an HF `datasets.Dataset` knows it is (e.g. `"test"`), if any."""
     split = getattr(dataset, "split", None)
     return str(split) if split else None
-
-
-def _active_mudpt_configs(model: Any) -> list[Any]:
-    from .config import MuDPTConfig
-    from .layer import MuDPTLayer
-
-    peft_config = getattr(model, "peft_config", None)
-    if not isinstance(peft_config, Mapping):
-        return []
-    layer = next((module for module in model.modules() if isinstance(module, MuDPTLayer)), None)
-    if layer is None or layer.disable_adapters:  # inside `disable_adapter()`: zero-shot, not the adapter's result
-        return []
-    active = getattr(model, "active_adapters", None) or []
-    active = [active] if isinstance(active, str) else list(active)
-    return [peft_config[name] for name in active if isinstance(peft_config.get(name), MuDPTConfig)]
-
-
-def record_eval_result(model: Any, result: Mapping[str, Any]) -> None:
-    """Remember an evaluation result of `model`'s active MuDPT adapter(s), for their model card.
-
-    [`evaluate`] and `PromptTuningTrainer.evaluate` call this. The result is kept with the adapter's config in memory
-    (not in `adapter_config.json`) and listed in the "Evaluation" section and the `model-index` metadata of the model
-    card that a later `model.push_to_hub`, `model.save_pretrained` or `mudpt_peft.hub` helper writes. A later result
-    for the same dataset, split, shots and seed replaces the earlier one. Nothing is recorded for a model without a
-    MuDPT adapter (zero-shot CLIP) or inside `disable_adapter()`.
-
-    Args:
-        model (`PeftModel`):
-            The evaluated model.
-        result (`dict`):
-            `dataset` (a name) and `accuracy` (top-1, percent), optionally `top5_accuracy`, `split`, `shots`, `seed`;
-            entries that are `None` are left out.
-    """
-    row = {key: result[key] for key in _RESULT_KEYS if result.get(key) is not None}
-    unknown = sorted(set(result) - set(_RESULT_KEYS))
-    if unknown or "dataset" not in row or "accuracy" not in row:
-        raise ValueError(
-            f"An evaluation result needs `dataset` and `accuracy` and may have {', '.join(_RESULT_KEYS[1:])}; got "
-            f"{sorted(result)}."
-        )
-    row["accuracy"] = float(row["accuracy"])
-    if "top5_accuracy" in row:
-        row["top5_accuracy"] = float(row["top5_accuracy"])
-    key = tuple(row.get(name) for name in ("dataset", "split", "shots", "seed"))
-    for config in _active_mudpt_configs(model):
-        results = [r for r in getattr(config, _RESULTS_ATTRIBUTE, []) if r["key"] != key]
-        results.append({"key": key, "row": row})
-        setattr(config, _RESULTS_ATTRIBUTE, results)
-
-
-def recorded_eval_results(model: Any, adapter_name: str = "default") -> list[dict[str, Any]]:
-    """The evaluation results recorded for adapter `adapter_name` of `model` (see [`record_eval_result`]), oldest
-    first, as dicts with `dataset`, `accuracy` and whichever of `top5_accuracy`, `split`, `shots`, `seed` are known."""
-    config = getattr(model, "peft_config", {}).get(adapter_name)
-    return [dict(entry["row"]) for entry in getattr(config, _RESULTS_ATTRIBUTE, [])]
-
-
-def _model_image_size(model: nn.Module) -> int | None:
-    """`vision_config.image_size` of a CLIP-like model (wrapped by peft or not), if it has one."""
-    get_base_model = getattr(model, "get_base_model", None)
-    base = get_base_model() if callable(get_base_model) else model
-    vision_config = getattr(getattr(base, "config", None), "vision_config", None)
-    size = getattr(vision_config, "image_size", None)
-    return int(size) if isinstance(size, int) else None

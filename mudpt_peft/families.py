@@ -154,6 +154,15 @@ class FamilySpec:
         """Number of vision encoder layers."""
         return self.vision_config(model).num_hidden_layers
 
+    def geometry(self, model: nn.Module) -> dict[str, int]:
+        """The widths and layer counts of both towers: `text_width`, `vision_width`, `text_layers`, `vision_layers`."""
+        return {
+            "text_width": self.text_width(model),
+            "vision_width": self.vision_width(model),
+            "text_layers": self.num_text_layers(model),
+            "vision_layers": self.num_vision_layers(model),
+        }
+
     @property
     def text_prompt_start(self) -> int:
         """Index of the first text prompt token: right after BOS, or first when there is no BOS."""

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .classifier import PromptClassifier, _features
+from ._utils import first_float_parameter, projected_features
+from .classifier import PromptClassifier
 
 __all__ = ["alignment"]
 
@@ -87,7 +88,7 @@ def alignment(
 
     was_training = model.training
     classifier = PromptClassifier(model, tokenizer, class_names, template=template).eval()
-    parameter = next(p for p in model.parameters() if p.is_floating_point())
+    parameter = first_float_parameter(model)
     try:
         class_features = classifier.encode_classes().float().cpu()
         image_features = []
@@ -101,7 +102,7 @@ def alignment(
                 ]
                 batch = image_processor(images=chunk, return_tensors="pt")["pixel_values"]
             batch = batch.to(device=parameter.device, dtype=parameter.dtype)
-            features = _features(model.get_image_features(pixel_values=batch))
+            features = projected_features(model.get_image_features(pixel_values=batch))
             image_features.append(F.normalize(features.float(), dim=-1).cpu())
     finally:
         model.train(was_training)

@@ -16,7 +16,10 @@ from peft.tuners.tuners_utils import (
 )
 from torch import nn
 
-from ._registration import MUDPT_PREFIX
+from ._peft_type import MUDPT_PREFIX
+from ._utils import first_float_parameter
+from .adapter_files import TENSORS_FINGERPRINT_KEY, adapter_fingerprint, mismatch_message
+from .compat import base_model_record, check_base_model
 from .config import MuDPTConfig
 from .families import FamilySpec, get_family_spec
 from .fusion import CrossAttentionFusion, InjectionFusion, LinearFusion, NoFusion, TextToVisionFusion
@@ -75,7 +78,7 @@ class MuDPTModel(BaseTuner):
         state_dict: dict[str, torch.Tensor] | None = None,
     ) -> None:
         # checked before BaseTuner.__init__, which would otherwise write into the wrapped model's `peft_config`
-        _refuse_wrapped(model)
+        refuse_wrapped(model)
         super().__init__(model, peft_config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -98,8 +101,6 @@ class MuDPTModel(BaseTuner):
         embeddings and the encoder layers that get deep prompts; later adapters reuse the wrappers (and wrap more
         layers if they are deeper).
         """
-        from .hub import base_model_record, check_base_model
-
         config: MuDPTConfig = self.peft_config[adapter_name]
         if not isinstance(config, MuDPTConfig):
             raise ValueError(f"Expected a MuDPTConfig for adapter '{adapter_name}', got {type(config).__name__}.")
@@ -107,7 +108,7 @@ class MuDPTModel(BaseTuner):
         check_base_model(config, model)
         spec = get_family_spec(model)
         init_ids = _resolve_ctx_init(config, model, spec)  # may set n_ctx from the word count
-        geometry = _validate_against_model(config, model, spec)
+        geometry = validate_against_model(config, model, spec)
 
         towers = self._wrap_towers(model, spec, config)
         first_adapter = not any(tower.mudpt_fusion for tower in towers.values())
@@ -133,6 +134,16 @@ class MuDPTModel(BaseTuner):
         self.targeted_module_names = sorted(
             name for name, module in model.named_modules() if isinstance(module, MuDPTLayer)
         )
+        self._post_injection_hook(model, config, adapter_name)
+
+    def _post_injection_hook(self, model: nn.Module, config: MuDPTConfig, adapter_name: str) -> None:
+        """Tag the base model (`add_model_tags`): peft's model card and transformers' `push_to_hub` card list the
+        base model's `model_tags`, so a plain `save_pretrained` / `push_to_hub` of a MuDPT adapter is tagged too."""
+        from .model_card import card_tags
+
+        add_model_tags = getattr(model, "add_model_tags", None)
+        if callable(add_model_tags):
+            add_model_tags(card_tags(model, [config]))
 
     def _wrap_towers(self, model: nn.Module, spec: FamilySpec, config: MuDPTConfig) -> dict[str, MuDPTTower]:
         """Wrap the towers this adapter prompts (and their input embeddings); return them by modality."""
@@ -192,6 +203,23 @@ class MuDPTModel(BaseTuner):
         return re.sub(rf"(\.{re.escape(MUDPT_PREFIX)}[A-Za-z0-9_]+)\.{re.escape(adapter_name)}(?=\.|$)", r"\1", key)
 
     @classmethod
+    def _get_adapter_state_dict(
+        cls,
+        model: nn.Module,
+        config: MuDPTConfig,
+        adapter_name: str,
+        state_dict: dict[str, torch.Tensor],
+        unwanted_adapter_names: list[str],
+    ) -> dict[str, torch.Tensor]:
+        """peft's selection of the adapter's tensors; their fingerprint is handed to the config, which records it when
+        peft saves the config beside the weights written from them (see [`MuDPTConfig.save_pretrained`])."""
+        selected = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        if isinstance(config, MuDPTConfig):
+            saved = {cls._remove_adapter_name_from_key(key, adapter_name): value for key, value in selected.items()}
+            config.record_saved_tensors(adapter_fingerprint(saved))
+        return selected
+
+    @classmethod
     def _remap_adapter_state_dict_for_load(
         cls,
         model: nn.Module,
@@ -199,6 +227,14 @@ class MuDPTModel(BaseTuner):
         adapter_name: str,
         state_dict: dict[str, torch.Tensor],
     ) -> dict[str, torch.Tensor]:
+        """Check the tensors about to be loaded, then map them to the model's keys.
+
+        Every loading path ends here with the tensors it read (`PeftModel.from_pretrained`, `load_adapter`,
+        transformers' `load_adapter`, `set_peft_model_state_dict`): when the adapter's config records the fingerprint
+        of the tensors saved with it, these must be those tensors, and they must fit the model's shapes. Otherwise the
+        half-loaded adapter is removed (the base model unwrapped if it was the only one) and a `ValueError` raised.
+        """
+        _check_fingerprint(model, config, adapter_name, state_dict)
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         prefixes = _get_tuner_state_dict_key_prefixes(model, adapter_name=adapter_name)
         expected = _filter_state_dict_by_key_prefixes(model.state_dict(), prefixes)
@@ -231,7 +267,25 @@ class MuDPTModel(BaseTuner):
 # helpers
 
 
-def _refuse_wrapped(model: nn.Module) -> None:
+def _check_fingerprint(model: nn.Module, config: MuDPTConfig, adapter_name: str, state_dict: dict) -> None:
+    """Compare the tensors about to be loaded with the fingerprint their config recorded (which is then spent: it
+    describes that save's tensors, not what the adapter holds later)."""
+    auto_mapping = config.auto_mapping if isinstance(config.auto_mapping, dict) else {}
+    recorded = auto_mapping.get(TENSORS_FINGERPRINT_KEY)
+    if recorded is None:
+        return
+    config.auto_mapping = {k: v for k, v in auto_mapping.items() if k != TENSORS_FINGERPRINT_KEY} or None
+    actual = adapter_fingerprint(state_dict)
+    if actual != recorded:
+        _discard_adapter(model, adapter_name)
+        raise ValueError(
+            mismatch_message(f"The state dict loaded into the MuDPT adapter '{adapter_name}'", recorded, actual)
+            + " To load other weights into an adapter made from this config, set `config.auto_mapping = None` first."
+        )
+
+
+def refuse_wrapped(model: nn.Module) -> None:
+    """Raise a `ValueError` if `model` is already wrapped by peft (MuDPT wraps plain base models only)."""
     from peft import PeftModel
 
     if isinstance(model, (PeftModel, BaseTuner)) or any(isinstance(m, BaseTunerLayer) for m in model.modules()):
@@ -253,13 +307,9 @@ def _wrap(root: nn.Module, path: str, make_wrapper: Any) -> Any:
     return wrapper
 
 
-def _validate_against_model(config: MuDPTConfig, model: nn.Module, spec: FamilySpec) -> dict[str, int]:
-    geometry = {
-        "text_width": spec.text_width(model),
-        "vision_width": spec.vision_width(model),
-        "text_layers": spec.num_text_layers(model),
-        "vision_layers": spec.num_vision_layers(model),
-    }
+def validate_against_model(config: MuDPTConfig, model: nn.Module, spec: FamilySpec) -> dict[str, int]:
+    """Check `config`'s depths, head counts and token count against `model`; return the model's geometry."""
+    geometry = spec.geometry(model)
     for tower, depth, field_name in (
         ("text", config.resolved_text_depth, "text_depth" if config.text_depth is not None else "depth"),
         ("vision", config.resolved_vision_depth, "vision_depth" if config.vision_depth is not None else "depth"),
@@ -340,7 +390,7 @@ def _tokenize_ctx_init(config: MuDPTConfig, model: nn.Module) -> None:
 
 def _factory(tower: MuDPTTower) -> dict[str, Any]:
     """Device and dtype of the tower's weights, for the adapter tensors created in it."""
-    reference = next(p for p in tower.base_layer.parameters() if p.is_floating_point())
+    reference = first_float_parameter(tower.base_layer)
     return {"device": reference.device, "dtype": reference.dtype}
 
 

@@ -15,9 +15,11 @@ from peft import PeftModel
 from transformers import EvalPrediction, Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
 
+from ._utils import first_float_parameter, model_image_size
 from .classifier import PromptClassifier
 from .data import ImageClassificationCollator, check_image_classification_dataset
-from .evaluation import _model_image_size, accuracy_metrics, dataset_name_of, record_eval_result, split_of
+from .evaluation import accuracy_metrics, dataset_name_of, split_of
+from .model_card import record_eval_result, write_model_card
 
 __all__ = ["TRAINING_RECIPES", "PromptTuningTrainer", "default_training_arguments"]
 
@@ -243,7 +245,7 @@ class PromptTuningTrainer(Trainer):
         self.image_column = image_column
         self.label_column = label_column
 
-        image_size = _model_image_size(model)
+        image_size = model_image_size(model)
         if data_collator is None:
             data_collator = ImageClassificationCollator(
                 image_processor, image_column, label_column, augment=augment, image_size=image_size
@@ -360,7 +362,7 @@ class PromptTuningTrainer(Trainer):
                 f"The batch has no `pixel_values` (keys: {list(inputs)}); the data collator must output `pixel_values` "
                 "and `labels`."
             )
-        parameter = next(p for p in self.model.parameters() if p.is_floating_point())
+        parameter = first_float_parameter(self.model)
         return inputs["pixel_values"].to(device=parameter.device, dtype=parameter.dtype)
 
     def _training_output(self, model: torch.nn.Module, pixel_values: torch.Tensor) -> ImageClassifierOutput:
@@ -481,11 +483,13 @@ class PromptTuningTrainer(Trainer):
     # saving
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save the adapter (the PeftModel saves adapter weights and config only) and the tokenizer / processor."""
+        """Save the adapter (the PeftModel saves adapter weights and config only), the MuDPT model card and the
+        tokenizer / processor."""
         super()._save(output_dir, state_dict=state_dict)
         if not self.args.should_save:
             return
         output_dir = output_dir if output_dir is not None else self.args.output_dir
+        write_model_card(self.model, output_dir)  # the MuDPT card, with the evaluations recorded so far
         if self.processor is not None:
             self.processor.save_pretrained(output_dir)
         elif self.tokenizer is not None and hasattr(self.tokenizer, "save_pretrained"):

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
-import hashlib
 import itertools
 import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import warnings
@@ -48,7 +48,7 @@ import torch
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from mudpt_peft import MuDPTConfig, PromptClassifier, hub
+from mudpt_peft import MuDPTConfig, PromptClassifier, adapter_files, compat, hub, model_card
 from mudpt_peft.config import METHOD_PRESETS
 from mudpt_peft.evaluation import evaluate, record_eval_result, recorded_eval_results
 from mudpt_peft.layer import MuDPTLayer
@@ -101,7 +101,12 @@ class HubRun:
 
 
 def _child_env(url: str, home: Path, storage: Path) -> dict[str, str]:
-    dropped = ("TRANSFORMERS_CACHE", "TRANSFORMERS_OFFLINE", "HUGGING_FACE_HUB_TOKEN", hub.ALLOW_PICKLED_WEIGHTS_ENV)
+    dropped = (
+        "TRANSFORMERS_CACHE",
+        "TRANSFORMERS_OFFLINE",
+        "HUGGING_FACE_HUB_TOKEN",
+        adapter_files.ALLOW_PICKLED_WEIGHTS_ENV,
+    )
     env = {
         key: value
         for key, value in os.environ.items()
@@ -399,29 +404,25 @@ def test_plain_peft_push_and_load_round_trip(api, base_repo, repo_id, inputs):
         specific = MuDPTConfig.from_pretrained(repo_id)
     assert not [w for w in caught if "Unexpected keyword" in str(w.message)]
     assert type(generic) is MuDPTConfig and type(specific) is MuDPTConfig
-    # the same config; MuDPTConfig.from_pretrained checks the weights' fingerprint and drops it, peft keeps it
+    # the same config by both entry points, with the fingerprint of the tensors, which the tuner checks on loading
     from huggingface_hub import hf_hub_download
+    from safetensors.torch import load_file
 
-    generic_fields, specific_fields = generic.to_dict(), specific.to_dict()
-    assert (
-        generic_fields["auto_mapping"].pop(hub.WEIGHTS_FINGERPRINT_KEY)
-        == hashlib.sha256(Path(hf_hub_download(repo_id, "adapter_model.safetensors")).read_bytes()).hexdigest()
-    )
-    assert generic_fields == specific_fields
+    assert generic.to_dict() == specific.to_dict()
+    weights = load_file(hf_hub_download(repo_id, "adapter_model.safetensors"))
+    assert specific.auto_mapping[adapter_files.TENSORS_FINGERPRINT_KEY] == adapter_files.tensors_fingerprint(weights)
     assert (specific.depth, specific.n_ctx, specific.fusion) == (3, 3, "injection")
     assert specific.base_model_name_or_path == base_repo
 
-    # the MuDPT card, not transformers' generic one (`import mudpt_peft` hooks the upload), with its loading snippet
+    # a plain save writes peft's card, tagged by the tuner (`add_model_tags`: peft merges the base model's tags); a
+    # plain push replaces it by transformers' card, which takes only the `tags=` argument (no hook for more); the
+    # MuDPT card with its loading snippet and the recorded evaluation results comes from `mudpt_peft.hub.push_to_hub`
     from huggingface_hub import ModelCard
 
-    card = ModelCard.load(repo_id)
-    assert card.data.library_name == "peft" and card.data.base_model == base_repo
-    assert {"mudpt", "prompt-tuning", "clip", f"base_model:adapter:{base_repo}"} <= set(card.data.tags)
-    namespace: dict = {}
-    exec(python_block(card.text), namespace)
-    assert torch.equal(logits(namespace["model"], inputs), expected)
-
-    # evaluation results recorded by mudpt_peft.evaluate go into the card of the next push; user tags are kept
+    with tempfile.TemporaryDirectory() as plain_save:
+        model.save_pretrained(plain_save)
+        card = ModelCard.load(Path(plain_save) / "README.md")
+    assert card.data.library_name == "peft" and {"mudpt", "prompt-tuning", "clip"} <= set(card.data.tags)
     from transformers import AutoTokenizer
 
     from .test_data import NAMES, image_processor, labelled
@@ -431,18 +432,22 @@ def test_plain_peft_push_and_load_round_trip(api, base_repo, repo_id, inputs):
     accuracy = evaluate(model, data, NAMES[:4], tokenizer, image_processor(), dataset_name="toy", shots=4, seed=7)[
         "accuracy"
     ]
-    model.push_to_hub(repo_id, tags=["my-tag"])
+    hub.push_to_hub(model, repo_id)
     card = ModelCard.load(repo_id)
-    assert "my-tag" in card.data.tags and "mudpt" in card.data.tags
+    assert card.data.library_name == "peft" and card.data.base_model == base_repo
+    assert {"mudpt", "prompt-tuning", "clip", f"base_model:adapter:{base_repo}"} <= set(card.data.tags)
     assert [(r.dataset_name, r.metric_value) for r in card.data.eval_results] == [("toy", accuracy)]
     assert f"| toy | – | 4 | 7 | {accuracy:.2f} |" in card.text
+    namespace: dict = {}
+    exec(python_block(card.text), namespace)
+    assert torch.equal(logits(namespace["model"], inputs), expected)
 
-    # other peft methods are untouched by the hooks
+    # other peft methods: no MuDPT tag, no fingerprint
     lora = get_peft_model(base(), LoraConfig(target_modules=["q_proj"], r=2))
     lora.push_to_hub(f"{repo_id}-lora")
     lora_card = ModelCard.load(f"{repo_id}-lora")
     assert lora_card.data.library_name == "transformers" and "mudpt" not in (lora_card.data.tags or [])
-    assert hub.WEIGHTS_FINGERPRINT_KEY not in str(PeftConfig.from_pretrained(f"{repo_id}-lora").to_dict())
+    assert adapter_files.TENSORS_FINGERPRINT_KEY not in str(PeftConfig.from_pretrained(f"{repo_id}-lora").to_dict())
 
 
 @hub_test
@@ -511,7 +516,7 @@ def strip_fingerprint(folder: Path) -> None:
     """Remove the weights' sha256 from `folder`'s adapter_config.json, as a tool that records none would save it."""
     config_file = folder / "adapter_config.json"
     config = json.loads(config_file.read_text())
-    del config["auto_mapping"][hub.WEIGHTS_FINGERPRINT_KEY]
+    del config["auto_mapping"][adapter_files.TENSORS_FINGERPRINT_KEY]
     config_file.write_text(json.dumps(config))
 
 
@@ -568,27 +573,27 @@ def test_model_card_of_the_helpers(api, base_repo, repo_id, inputs, tmp_path):
 @hub_test
 def test_model_card_paths_and_method_presets(base_repo, tmp_path):
     for name in METHOD_PRESETS:
-        assert hub.method_preset(MuDPTConfig.for_method(name)) == name
+        assert model_card.method_preset(MuDPTConfig.for_method(name)) == name
     model = adapter(MuDPTConfig.for_method("vpt", depth=2), seed=1)
 
     plain = tmp_path / "plain"
-    model.save_pretrained(plain)  # a plain peft save writes the MuDPT card (`import mudpt_peft` hooks it)
+    model.save_pretrained(plain)  # a plain peft save writes peft's card, with the tuner's tags
     text = (plain / "README.md").read_text()
-    assert "library_name: peft" in text and "- mudpt\n" in text and "- vpt\n" in text and "## Evaluation" not in text
-    assert "| – / 2 | – / 8 | none |" in text and text.count("- PEFT ") == 1
+    assert "library_name: peft" in text and "- mudpt\n" in text and "- vpt\n" in text
+    assert "| – / 2 | – / 8 | none |" not in text
 
-    hub.write_model_card(model, plain, {"dataset": "dtd", "accuracy": 60.0, "shots": 4, "seed": 3})
+    model_card.write_model_card(model, plain, {"dataset": "dtd", "accuracy": 60.0, "shots": 4, "seed": 3})
     text = (plain / "README.md").read_text()
     assert "- vpt" in text and "| dtd | – | 4 | 3 | 60.00 |" in text and "| – / 2 | – / 8 | none |" in text
 
     # results given to write_model_card are not remembered; recorded ones (evaluate, the trainer) are
-    model.save_pretrained(plain)
+    hub.save_pretrained(model, plain)
     assert "## Evaluation" not in (plain / "README.md").read_text()
     record_eval_result(model, {"dataset": "dtd", "split": "test", "accuracy": 61.5, "shots": 4, "seed": 3})
     record_eval_result(model, {"dataset": "dtd", "split": "test", "accuracy": 62.5, "shots": 4, "seed": 3})  # replaces
     record_eval_result(model, {"dataset": "dtd", "split": "test", "accuracy": 58.0, "shots": 4, "seed": 4})
     assert [r["accuracy"] for r in recorded_eval_results(model)] == [62.5, 58.0]
-    model.save_pretrained(plain)
+    hub.save_pretrained(model, plain)
     text = (plain / "README.md").read_text()
     assert "| dtd | test | 4 | 3 | 62.50 |" in text and "| dtd | test | 4 | 4 | 58.00 |" in text
     assert "61.50" not in text
@@ -724,21 +729,21 @@ def test_pickled_weights_are_refused_unless_allowed(api, base_repo, repo_id, inp
     for source in (folder, repo_id):
         refused(source, r"Refusing to load 'adapter_model.bin' in .*allow_pickled_weights")
         with pytest.raises(ValueError, match="Refusing to load"):
-            hub.check_adapter(source)
+            adapter_files.check_adapter(source)
         with pytest.raises(ValueError, match="Refusing to load"):  # peft reads the config first: refused there
             MuDPTConfig.from_pretrained(source)
-        with hub.allow_pickled_weights():
-            assert hub.pickled_weights_allowed()
+        with adapter_files.allow_pickled_weights():
+            assert adapter_files.pickled_weights_allowed()
             loaded = PeftModel.from_pretrained(base(), source)
         assert torch.equal(logits(loaded, inputs), expected)
-        assert not hub.pickled_weights_allowed()
-        monkeypatch.setenv(hub.ALLOW_PICKLED_WEIGHTS_ENV, "1")
+        assert not adapter_files.pickled_weights_allowed()
+        monkeypatch.setenv(adapter_files.ALLOW_PICKLED_WEIGHTS_ENV, "1")
         assert torch.equal(logits(PeftModel.from_pretrained(base(), source), inputs), expected)
-        monkeypatch.delenv(hub.ALLOW_PICKLED_WEIGHTS_ENV)
+        monkeypatch.delenv(adapter_files.ALLOW_PICKLED_WEIGHTS_ENV)
 
     # allowed, but not a weights-only pickle: refused before the base model is touched
     torch.save({"x": torch.nn.Linear(2, 2)}, folder / "adapter_model.bin")
-    with hub.allow_pickled_weights():
+    with adapter_files.allow_pickled_weights():
         refused(folder, r"'adapter_model.bin' in the local folder .* could not be read")
 
 
@@ -805,10 +810,14 @@ def test_missing_files_are_refused(api, base_repo, repo_id, tmp_path):
     refused(tmp_path / "config-only", missing_weights)
     refused(repo_id, missing_weights, subfolder="config-only")
     with pytest.raises(ValueError, match=missing_weights):
-        hub.check_adapter(repo_id, subfolder="config-only")
-    # reading a config saved on its own (`MuDPTConfig.save_pretrained`) needs no weights
-    assert MuDPTConfig.from_pretrained(tmp_path / "config-only").depth == 2
-    assert MuDPTConfig.from_pretrained(repo_id, subfolder="config-only").depth == 2
+        adapter_files.check_adapter(repo_id, subfolder="config-only")
+    # the config of a save with weights records their fingerprint: reading it alone is refused too (same checks on
+    # every entry point); a config saved on its own (`MuDPTConfig.save_pretrained`) records none and needs no weights
+    with pytest.raises(ValueError, match=missing_weights):
+        MuDPTConfig.from_pretrained(tmp_path / "config-only")
+    model.peft_config["default"].save_pretrained(tmp_path / "alone")
+    assert "mudpt_tensors_sha256" not in (tmp_path / "alone" / "adapter_config.json").read_text()
+    assert MuDPTConfig.from_pretrained(tmp_path / "alone").depth == 2
     # peft's own error for a missing config (it reads the config before calling mudpt_peft)
     refused(tmp_path / "weights-only", "Can't find 'adapter_config.json'")
     refused(repo_id, "Can't find 'adapter_config.json'", subfolder="weights-only")
@@ -860,7 +869,7 @@ def test_adapters_for_another_base_are_refused(api, base_repo, repo_id):
         PromptClassifier.from_pretrained(siglip, repo_id, subfolder="helper", tokenizer=tokenizer)
     state.check()
     with pytest.raises(ValueError, match=r"saved for a CLIPModel model \(family 'clip'\), not for a SiglipModel"):
-        hub.check_base_model(MuDPTConfig.from_pretrained(repo_id), siglip)
+        compat.check_base_model(MuDPTConfig.from_pretrained(repo_id), siglip)
     # peft's own loader and load_adapter refuse it too, before any weight is created
     for subfolder in (None, "helper"):
         with pytest.raises(ValueError, match=r"saved for a CLIPModel model \(family 'clip'\), not for a SiglipModel"):
@@ -880,7 +889,7 @@ def test_adapters_for_another_base_are_refused(api, base_repo, repo_id):
         siglip_model.load_adapter(repo_id, adapter_name="clip")
     assert list(siglip_model.peft_config) == ["default"]
     loaded.load_adapter(repo_id, adapter_name="second", subfolder="helper")  # the right base passes
-    hub.check_base_model(MuDPTConfig.from_pretrained(repo_id, subfolder="helper"), base())
+    compat.check_base_model(MuDPTConfig.from_pretrained(repo_id, subfolder="helper"), base())
     # a config of another base model can start a fresh adapter once its record is dropped
     config = MuDPTConfig.from_pretrained(repo_id)
     with pytest.raises(ValueError, match=r"set `config.auto_mapping = None` first"):

@@ -172,7 +172,7 @@ def test_loading_an_incomplete_checkpoint_fails(tmp_path):
         PeftModel.from_pretrained(make_clip(), tmp_path)
     config_file = tmp_path / "adapter_config.json"
     config = json.loads(config_file.read_text())
-    del config["auto_mapping"]["mudpt_weights_sha256"]  # as saved by a tool that records no fingerprint
+    del config["auto_mapping"]["mudpt_tensors_sha256"]  # as saved by a tool that records no fingerprint
     config_file.write_text(json.dumps(config))
     for kwargs in ({}, {"low_cpu_mem_usage": True}):  # the tuner's own check
         with pytest.raises(ValueError, match=r"missing tensors.*vision_model\.mudpt_fusion\.proj\.weight"):
