@@ -41,7 +41,8 @@ class MuDPTConfig(PeftConfig):
             prompts instead of learned).
         fusion (`str`, defaults to `"injection"`):
             How the towers' prompts are coupled: `"injection"` (MuDPT's Injection Model), `"linear"` (the official
-            `mudpt.py` variant), `"text_to_vision"` (MaPLe), `"none"` (independent prompts) or `"cross_attention"`.
+            `mudpt.py` variant, see `linear_shared`), `"text_to_vision"` (MaPLe), `"none"` (independent prompts) or
+            `"cross_attention"`.
         depth (`int`, defaults to 9):
             Number of layers that get prompts, counting the input layer: prompts are used at layers `0..depth-1`, i.e.
             `depth - 1` deep prompt sets (`PROMPT_DEPTH` in the official code).
@@ -72,6 +73,12 @@ class MuDPTConfig(PeftConfig):
             Dropout on the attention weights and the residual branches of the Injection Model blocks.
         prompt_init_std (`float`, defaults to 0.02):
             Standard deviation of the normal initialisation of the prompts (and of the Injection Model's weights).
+        linear_shared (`bool`, defaults to `False`):
+            Which of the two official `mudpt.py` revisions `fusion="linear"` follows. `True`: one linear map per
+            direction shared by all deep layers, plus a text-to-vision map at layer 0 (the current official code,
+            not yet a preset). `False`: one linear map per deep layer and direction, layer 0 uncoupled (the
+            early official code, preset `"mudpt-linear"`); the default, so that configs saved before this field
+            existed keep their meaning. Only valid with `fusion="linear"`.
     """
 
     text_prompts: bool = field(default=True, metadata={"help": "Whether the text tower gets learned prompts."})
@@ -112,6 +119,14 @@ class MuDPTConfig(PeftConfig):
     )
     injection_dropout: float = field(default=0.0, metadata={"help": "Dropout inside the Injection Model blocks."})
     prompt_init_std: float = field(default=0.02, metadata={"help": "Std of the normal initialisation of the prompts."})
+    linear_shared: bool = field(
+        default=False,
+        metadata={
+            "help": "With fusion='linear': True for one map per direction shared by the deep layers plus a layer-0 "
+            "text-to-vision map (current official mudpt.py), False for one map per deep layer and direction, layer 0 "
+            "uncoupled (early official mudpt.py)."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -147,11 +162,16 @@ class MuDPTConfig(PeftConfig):
         self._check_method()
 
     def _check_method(self) -> None:
-        for name in ("text_prompts", "vision_prompts"):
+        for name in ("text_prompts", "vision_prompts", "linear_shared"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         if self.fusion not in FUSIONS:
             raise ValueError(f"`fusion` must be one of {', '.join(FUSIONS)}; got {self.fusion!r}.")
+        if self.linear_shared and self.fusion != "linear":
+            raise ValueError(
+                "`linear_shared=True` chooses between the two `fusion='linear'` variants, but "
+                f"`fusion`={self.fusion!r}."
+            )
         if not self.text_prompts and (self.ctx_init is not None or self.ctx_init_token_ids is not None):
             raise ValueError("`ctx_init` initialises text prompts, but `text_prompts=False`.")
         if not (self.text_prompts or self.vision_prompts):
