@@ -76,8 +76,8 @@ class MuDPTConfig(PeftConfig):
         linear_shared (`bool`, defaults to `False`):
             Which of the two official `mudpt.py` revisions `fusion="linear"` follows. `True`: one linear map per
             direction shared by all deep layers, plus a text-to-vision map at layer 0 (the current official code,
-            not yet a preset). `False`: one linear map per deep layer and direction, layer 0 uncoupled (the
-            early official code, preset `"mudpt-linear"`); the default, so that configs saved before this field
+            preset `"mudpt-linear"`). `False`: one linear map per deep layer and direction, layer 0 uncoupled (the
+            early official code, preset `"mudpt-linear-v1"`); the default, so that configs saved before this field
             existed keep their meaning. Only valid with `fusion="linear"`.
     """
 
@@ -271,7 +271,8 @@ class MuDPTConfig(PeftConfig):
         | `"ivlp"` | both | none | 9 | 2 |
         | `"maple"` | both | text_to_vision | 9 | 2 |
         | `"mudpt"` | both | injection | 9 | 2 |
-        | `"mudpt-linear"` | both | linear | 9 | 2 |
+        | `"mudpt-linear"` | both | linear, shared maps and layer 0 (`linear_shared=True`) | 9 | 2 |
+        | `"mudpt-linear-v1"` | both | linear, per-layer maps (`linear_shared=False`) | 9 | 2 |
         | `"cross-attention"` | both | cross_attention | 9 | 2 |
 
         Args:
@@ -305,6 +306,8 @@ METHOD_PRESETS: dict[str, dict] = {
     "ivlp": {"fusion": "none", "depth": 9, "n_ctx": 2},
     "maple": {"fusion": "text_to_vision", "depth": 9, "n_ctx": 2},
     "mudpt": {"fusion": "injection", "depth": 9, "n_ctx": 2},
-    "mudpt-linear": {"fusion": "linear", "depth": 9, "n_ctx": 2},
+    # the current official `trainers/mudpt.py` ("3. finish uumudpt" on) and its early revisions (see docs/methods.md)
+    "mudpt-linear": {"fusion": "linear", "linear_shared": True, "depth": 9, "n_ctx": 2},
+    "mudpt-linear-v1": {"fusion": "linear", "linear_shared": False, "depth": 9, "n_ctx": 2},
     "cross-attention": {"fusion": "cross_attention", "depth": 9, "n_ctx": 2},
 }
