@@ -103,6 +103,7 @@ def convert_official(
     adapter_name: str = "default",
     *,
     injection_heads: int | None = None,
+    apply_last_deep_set: bool | None = None,
 ) -> PeftModel:
     """Convert a checkpoint of an official prompt-learning trainer into a MuDPT adapter on `base_model`.
 
@@ -153,7 +154,8 @@ def convert_official(
     Quirks of the official code that the conversion reproduces:
 
     - `mudpt-linear`, early format: its forward never applies the last of its `K` deep prompt sets (an
-      off-by-one), so the adapter has `depth=K` and the tensors of index `K - 1` are dropped with a warning;
+      off-by-one), so the adapter has `depth=K` and the tensors of index `K - 1` are dropped with a warning (except
+      with `apply_last_deep_set=True`, for the one early revision that had fixed it);
       `mudpt_prompt_learner.embed_projection` is built but never used there, so it is ignored. The current format
       applies all `K` sets and adds `embed_projection(ctx)` to the layer-0 visual prompts (text layer 0 stays
       uncoupled); with `K = 0` its shared deep projections map nothing and are dropped with a warning.
@@ -180,6 +182,12 @@ def convert_official(
             The name of the adapter.
         injection_heads (`int`, *optional*):
             Attention heads of the Injection Model blocks (`mudpt` only); defaults to `width // 64` (at least 1).
+        apply_last_deep_set (`bool`, *optional*):
+            Early-format `mudpt.py` checkpoints only: whether the forward that trained them applied the last of their
+            `K` deep prompt sets. Two revisions wrote that format with the same keys: up to "2. add umudpt"
+            (`f358682`) the blocks stop one set early (`False`, the default: depth `K`, the last set dropped); "3.
+            finish umudpt" (`2b436f3`, which changed `clip/model.py` only) applies all of them (`True`: depth
+            `K + 1`). The keys cannot tell them apart, so pass `True` for a checkpoint trained at that revision.
 
     Returns:
         `peft.PeftModel`: `base_model` with the converted adapter, ready for inference or `save_pretrained`.
@@ -205,6 +213,13 @@ def convert_official(
             f"`injection_heads` only applies to method='mudpt' (the Injection Model); got method={method!r}. "
             "Leave it unset."
         )
+    if apply_last_deep_set is not None and key not in ("mudpt-linear", "mudpt-linear-v1"):
+        raise ValueError(
+            f"`apply_last_deep_set` only applies to early-format `mudpt.py` checkpoints (method='mudpt-linear' or "
+            f"'mudpt-linear-v1'); got method={method!r}. Leave it unset."
+        )
+    if apply_last_deep_set is not None and not isinstance(apply_last_deep_set, bool):
+        raise ValueError(f"`apply_last_deep_set` must be True, False or None, got {apply_last_deep_set!r}.")
     if not isinstance(base_model, CLIPModel):
         raise ValueError(
             f"`convert_official` needs a `transformers.CLIPModel` (converted from the OpenAI CLIP the checkpoint was "
@@ -220,7 +235,7 @@ def convert_official(
     )
     state_dict = _official_state_dict(checkpoint)
 
-    plan = _Plan(state_dict, geometry)
+    plan = _Plan(state_dict, geometry, apply_last_deep_set=apply_last_deep_set)
     _PLANNERS[key](plan)
     key = plan.method or key  # `mudpt-linear`: the preset of the format the keys show
     plan.raise_problems(key, _UNUSED_KEYS.get(key))
@@ -372,6 +387,7 @@ class _Plan:
     dropped_reason: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
     method: str | None = None  # the preset to build, when the planner tells it from the keys (else the method asked)
+    apply_last_deep_set: bool | None = None  # early-format mudpt.py: the revision's handling of its last deep set
 
     # -- reading ------------------------------------------------------------------------------------------------------
 
@@ -663,6 +679,11 @@ def _plan_mudpt_linear_current(plan: _Plan) -> None:
     """The current format of the official `mudpt.py`: stacked deep prompts, shared projections, layer-0 coupling."""
     g = plan.geometry
     plan.method = "mudpt-linear"
+    if plan.apply_last_deep_set is not None:
+        raise ValueError(
+            "`apply_last_deep_set` is for early-format `mudpt.py` checkpoints; this one has the current format, whose "
+            "forward applies every deep prompt set. Leave it unset."
+        )
     n_ctx = plan.prompt("mudpt_prompt_learner.ctx", "text", 0, None)
     vision_n_ctx = plan.prompt("image_encoder.visual_ctx", "vision", 0, n_ctx)
     text_deep = plan.stacked_prompts("mudpt_prompt_learner.deep_prompts", "text", n_ctx)
@@ -700,8 +721,10 @@ def _plan_mudpt_linear_v1(plan: _Plan) -> None:
     deep = plan.count(text_deep, vision_deep, *(p + s for p in (t2v, v2t) for s in (".weight", ".bias")))
     n_ctx = plan.prompt("mudpt_prompt_learner.ctx", "text", 0, None)
     vision_n_ctx = plan.prompt("image_encoder.visual_ctx", "vision", 0, n_ctx)
-    # the official forward applies deep prompts while `nth < len(prompts) - 1`: index deep-1 is never used
-    for k in range(max(deep - 1, 0)):
+    # up to f358682 the blocks apply deep prompts while `nth < len(prompts) - 1`, so index deep-1 is never used;
+    # 2b436f3 made it `nth < len(prompts)` (same keys): `apply_last_deep_set=True`
+    used = deep if plan.apply_last_deep_set else max(deep - 1, 0)
+    for k in range(used):
         layer = k + 1
         plan.prompt(text_deep.format(i=k), "text", layer, n_ctx)
         plan.prompt(vision_deep.format(i=k), "vision", layer, vision_n_ctx)
@@ -712,7 +735,7 @@ def _plan_mudpt_linear_v1(plan: _Plan) -> None:
         else:
             for prefix in (t2v.format(i=k), v2t.format(i=k)):
                 plan.used.update({f"{prefix}.weight", f"{prefix}.bias"} & plan.state.keys())
-    if deep > 0:
+    if used < deep:
         last = deep - 1
         for key in (text_deep.format(i=last), vision_deep.format(i=last)):
             plan.drop(key)
@@ -721,9 +744,10 @@ def _plan_mudpt_linear_v1(plan: _Plan) -> None:
             plan.drop(f"{prefix}.bias")
         plan.dropped_reason = (
             f"The early official mudpt.py forward never applies the last of its {deep} deep prompt sets (index "
-            f"{last}), so the converted adapter has depth={max(deep, 1)}, like the official model."
+            f"{last}), so the converted adapter has depth={max(deep, 1)}, like the official model. (A checkpoint "
+            "trained at its revision 2b436f3 '3. finish umudpt' did apply it: pass apply_last_deep_set=True.)"
         )
-    plan.overrides.update(depth=max(deep, 1), n_ctx=n_ctx or 1)
+    plan.overrides.update(depth=1 + used, n_ctx=n_ctx or 1)
 
 
 def _plan_mudpt(plan: _Plan) -> None:
@@ -874,12 +898,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--injection-heads", type=int, default=None, help="attention heads of the Injection Models (mudpt only)"
     )
+    parser.add_argument(
+        "--apply-last-deep-set",
+        action="store_true",
+        default=None,
+        help="early-format mudpt.py checkpoints trained at its revision 2b436f3, which applied the last deep set",
+    )
     args = parser.parse_args(argv)
     try:
         method = _normalize_method(args.method)
         base = CLIPModel.from_pretrained(args.base)
         model = convert_official(
-            args.checkpoint, method, base, adapter_name=args.adapter_name, injection_heads=args.injection_heads
+            args.checkpoint,
+            method,
+            base,
+            adapter_name=args.adapter_name,
+            injection_heads=args.injection_heads,
+            apply_last_deep_set=args.apply_last_deep_set,
         )
     except (ValueError, OSError) as error:
         parser.exit(1, f"error: {error}\n")

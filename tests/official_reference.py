@@ -37,6 +37,7 @@ Methods, their official keys (`{i}` a block index, `{k}` a list index) and what 
   `mudpt_prompt_learner.deep_prompts.{k}`, `mudpt_prompt_learner.deep_projections.{k}.*`, `image_encoder.visual_ctx`,
   `image_encoder.visual_ctx_deep_prompts.{k}`, `image_encoder.visual_ctx_deep_projections.{k}.*` (k = 0..K-1; the
   official code applies only k = 0..K-2), and `mudpt_prompt_learner.embed_projection.*`, which it never uses.
+  `MUDPT_LINEAR_2B436F3` is the same format as the revision 2b436f3 ran it (all K deep sets applied, D = K+1).
 * `mudpt` (K deep sets, D = K+1, `trainers/uumudpt.py`): `uumudpt_prompt_learner.{ctx, deep_prompts (K, n, w_t), ln_pre,
   self_attn, ln_post, visual_proj}` and `image_encoder.{visual_ctx, visual_ctx_deep_prompts (K, n, w_v),
   visual_ctx_ln_intra_pre, visual_ctx_self_attn, visual_ctx_ln_intra_post, visual_ctx_text_proj}`, where `self_attn` and
@@ -67,11 +68,14 @@ CONTEXT_LENGTH = 16
 HEAD_WIDTH = 64
 
 METHODS = ("coop", "vpt", "ivlp", "maple", "mudpt-linear", "mudpt-linear-v1", "mudpt")
+#: The early `mudpt.py` format as its revision 2b436f3 ("3. finish umudpt") ran it: same keys as `mudpt-linear-v1`,
+#: but its blocks apply all K deep prompt sets (`nth < K`; D = K+1). The preset is `mudpt-linear-v1`.
+MUDPT_LINEAR_2B436F3 = "mudpt-linear-v1@2b436f3"
 
 
 def _method(method: str) -> str:
     key = method.lower().replace("_", "-")
-    if key not in (*METHODS, "clip"):
+    if key not in (*METHODS, MUDPT_LINEAR_2B436F3, "clip"):
         raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)} or 'clip'")
     return key
 
@@ -432,7 +436,7 @@ def official_prompts(
             vision_first,
             {layer: vision_deep[layer - 1] for layer in range(1, 1 + vision_deep.shape[0])},
         )
-    if method == "mudpt-linear-v1":
+    if method in ("mudpt-linear-v1", MUDPT_LINEAR_2B436F3):
         ctx = state["mudpt_prompt_learner.ctx"]
         deep_prompts = _indexed(state, "mudpt_prompt_learner.deep_prompts.", "")
         visual_deep_prompts = _indexed(state, "image_encoder.visual_ctx_deep_prompts.", "")
@@ -445,10 +449,12 @@ def official_prompts(
             for k, (prompt, visual) in enumerate(zip(deep_prompts, visual_deep_prompts, strict=True))
         ]
 
+        # block `layer` >= 1 is the `nth = layer - 1` deep block; the condition is `nth < len(prompts) - 1` up to
+        # f358682, so the last of the K deep prompts is never used, and `nth < len(prompts)` at 2b436f3
+        applied = len(deep_prompts) - (0 if method == MUDPT_LINEAR_2B436F3 else 1)
+
         def blocks(prompts: list[torch.Tensor]) -> dict[int, torch.Tensor]:
-            # block `layer` >= 1 is the `nth = layer - 1` deep block; the official condition is
-            # `nth < len(prompts) - 1`, so the last of the K deep prompts is never used
-            return {layer: prompts[layer - 1] for layer in range(1, 1 + len(prompts)) if layer - 1 < len(prompts) - 1}
+            return {layer: prompts[layer - 1] for layer in range(1, 1 + len(prompts)) if layer - 1 < applied}
 
         # `embed_projection` is built but its output is not passed to the image encoder: layer 0 is uncoupled
         return ctx, blocks(text_prompts), state["image_encoder.visual_ctx"], blocks(vision_prompts)
@@ -569,7 +575,7 @@ def make_official_state(
             state[f"prompt_learner.compound_prompts_text.{k}"] = prompt(n_ctx, w_t)
         for k in range(depth_or_k - 1):
             state.update(_random_linear(f"prompt_learner.compound_prompt_projections.{k}", w_t, w_v, generator))
-    elif method in ("mudpt-linear", "mudpt-linear-v1"):
+    elif method in ("mudpt-linear", "mudpt-linear-v1", MUDPT_LINEAR_2B436F3):
         if embed_dim != w_t:
             raise ValueError("MuDPT's linear variant adds embed_dim-wide prompts to text prompts: embed_dim != w_t")
         state["mudpt_prompt_learner.ctx"] = prompt(n_ctx, w_t)
@@ -680,6 +686,8 @@ def tuner_config(method: str, depth_or_k: int, n_ctx: int) -> MuDPTConfig:
     method = _method(method)
     if method in ("mudpt", "mudpt-linear"):  # K deep prompt sets, all used: layers 0..K are prompted
         return MuDPTConfig.for_method(method, depth=depth_or_k + 1, n_ctx=n_ctx)
+    if method == MUDPT_LINEAR_2B436F3:  # the per-layer variant with all K sets used
+        return MuDPTConfig.for_method("mudpt-linear-v1", depth=depth_or_k + 1, n_ctx=n_ctx)
     if method == "vpt":
         return MuDPTConfig.for_method("vpt", depth=depth_or_k, n_ctx=n_ctx, vision_n_ctx=n_ctx)
     # mudpt-linear-v1: K deep prompt sets, of which K-1 are used (layers 0..K-1 are prompted)
@@ -761,10 +769,11 @@ def load_into_tuner(method: str, peft_model, state: dict[str, torch.Tensor], ada
             _copy_params(
                 text.mudpt_fusion[adapter_name].deep_projection, state, "image_encoder.visual_ctx_deep_projections"
             )
-    elif method == "mudpt-linear-v1":
+    elif method in ("mudpt-linear-v1", MUDPT_LINEAR_2B436F3):
         deep_prompts = _indexed(state, "mudpt_prompt_learner.deep_prompts.", "")
         visual_deep_prompts = _indexed(state, "image_encoder.visual_ctx_deep_prompts.", "")
-        used = len(deep_prompts) - 1  # the official off-by-one: the last deep prompt set is never applied
+        # the official off-by-one up to f358682: the last deep prompt set is never applied (fixed at 2b436f3)
+        used = len(deep_prompts) - (0 if method == MUDPT_LINEAR_2B436F3 else 1)
         fill(text_prompts, [state["mudpt_prompt_learner.ctx"], *deep_prompts[:used]])
         fill(vision_prompts, [state["image_encoder.visual_ctx"], *visual_deep_prompts[:used]])
         if used > 0:

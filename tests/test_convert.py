@@ -178,15 +178,15 @@ def mudpt_linear(deep: int = 2, n_ctx: int = 2, embed_dim: int = WT) -> Official
     return official.frozen("mudpt_prompt_learner")
 
 
-def mudpt_linear_v1(deep: int = 3, n_ctx: int = 2, embed_dim: int = WT) -> Official:
+def mudpt_linear_v1(deep: int = 3, n_ctx: int = 2, embed_dim: int = WT, all_used: bool = False) -> Official:
     """The early official `mudpt.py`: K = `deep` per-layer deep prompt sets, of which it uses the first K-1 (layers
-    1..K-1), one `Linear` per deep layer and direction."""
+    1..K-1; all K with `all_used`, as its revision 2b436f3 did), one `Linear` per deep layer and direction."""
     official = Official(seed=5)
     official.prompt("mudpt_prompt_learner.ctx", "text", 0, n_ctx)
     official.prompt("image_encoder.visual_ctx", "vision", 0, n_ctx)
     official.linear("mudpt_prompt_learner.embed_projection", "text", WV, to=None)  # never used officially
     for k in range(deep):
-        used = k < deep - 1
+        used = all_used or k < deep - 1
         official.prompt(f"mudpt_prompt_learner.deep_prompts.{k}", "text", k + 1 if used else None, n_ctx)
         official.prompt(f"image_encoder.visual_ctx_deep_prompts.{k}", "vision", k + 1 if used else None, n_ctx)
         t2v, v2t = ("vision", f"projections.{k}"), ("text", f"projections.{k}")
@@ -277,6 +277,20 @@ CASES: list[tuple[str, str, Callable[[], Official], dict, str | None]] = [
         "never applies",
     ),
     (
+        "mudpt-linear-v1-2b436f3",
+        ("mudpt-linear", {"apply_last_deep_set": True}),
+        lambda: mudpt_linear_v1(deep=3, all_used=True),
+        {"linear_shared": False, "depth": 4},
+        None,
+    ),
+    (
+        "mudpt-linear-v1-2b436f3-explicit",
+        ("mudpt-linear-v1", {"apply_last_deep_set": True}),
+        lambda: mudpt_linear_v1(deep=2, n_ctx=3, all_used=True),
+        {"linear_shared": False, "depth": 3, "n_ctx": 3},
+        None,
+    ),
+    (
         "mudpt-linear-v1-no-deep",
         "mudpt-linear",
         lambda: mudpt_linear_v1(deep=0),
@@ -329,11 +343,12 @@ def assert_untouched(clip: CLIPModel, keys_before: set[str]) -> None:
     ids=[case[0] for case in CASES],
 )
 def test_convert_puts_every_tensor_in_place(tmp_path, method, make, expected_config, expected_warning):
+    method, kwargs = method if isinstance(method, tuple) else (method, {})
     official = make()
     inputs = make_inputs()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = convert_official(official.checkpoint(), method, make_clip())
+        model = convert_official(official.checkpoint(), method, make_clip(), **kwargs)
     messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     if expected_warning is None:
         assert not [m for m in messages if "never applies" in m or "unused" in m]
@@ -356,7 +371,8 @@ def test_convert_puts_every_tensor_in_place(tmp_path, method, make, expected_con
 
 
 def test_every_official_method_is_covered():
-    assert {case[1].lower().replace("_", "-") for case in CASES} == set(OFFICIAL_METHODS)
+    methods = {case[1][0] if isinstance(case[1], tuple) else case[1] for case in CASES}
+    assert {method.lower().replace("_", "-") for method in methods} == set(OFFICIAL_METHODS)
 
 
 @pytest.mark.parametrize("as_path", [str, Path])
@@ -584,6 +600,24 @@ ERRORS = [
         r"`injection_heads` only applies to method='mudpt'",
     ),
     ("not-tensors", lambda: {"state_dict": {"ctx": [1.0, 2.0]}}, "coop", r"not a state dict of tensors: \['ctx'\]"),
+    (
+        "last-deep-set-for-another-method",
+        lambda: maple().checkpoint(),
+        ("maple", {"apply_last_deep_set": True}),
+        r"`apply_last_deep_set` only applies to early-format `mudpt\.py` checkpoints",
+    ),
+    (
+        "last-deep-set-for-the-current-format",
+        lambda: mudpt_linear().checkpoint(),
+        ("mudpt-linear", {"apply_last_deep_set": False}),
+        r"this one has the current format, whose forward applies every deep prompt set",
+    ),
+    (
+        "last-deep-set-beyond-the-model",
+        lambda: mudpt_linear_v1(deep=4, all_used=True).checkpoint(),
+        ("mudpt-linear", {"apply_last_deep_set": True}),
+        r"`mudpt_prompt_learner\.deep_prompts\.3` belongs to text layer 4, but the base model's text tower has 4",
+    ),
 ]
 
 
@@ -726,3 +760,21 @@ def test_cli_reports_errors(tmp_path, capsys):
     assert exit_info.value.code == 1
     assert "error: Cannot convert" in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_cli_mudpt_linear_formats(tmp_path, capsys):
+    """`--method mudpt-linear` converts either format; `--apply-last-deep-set` is the early format as 2b436f3 ran it."""
+    base_dir = tmp_path / "base"
+    make_clip().save_pretrained(base_dir)
+    for name, official, extra, depth in (
+        ("current", mudpt_linear(deep=2), [], 3),
+        ("early", mudpt_linear_v1(deep=3, all_used=True), ["--apply-last-deep-set"], 4),
+    ):
+        checkpoint = tmp_path / f"{name}.pth.tar-5"
+        torch.save(official.checkpoint(), checkpoint)
+        output = tmp_path / name
+        args = ["--method", "mudpt-linear", "--checkpoint", str(checkpoint), "--base", str(base_dir)]
+        assert main([*args, "--output", str(output), *extra]) == 0
+        assert f"depth={depth}" in capsys.readouterr().out
+        loaded = PeftModel.from_pretrained(CLIPModel.from_pretrained(base_dir).eval(), output)
+        assert_converted(loaded, official)

@@ -19,6 +19,7 @@ from mudpt_peft import MuDPTConfig, convert_official
 from .official_reference import (
     EOT_ID,
     METHODS,
+    MUDPT_LINEAR_2B436F3,
     load_into_tuner,
     make_class_tokens,
     make_official_state,
@@ -314,6 +315,27 @@ def test_mudpt_linear_converts_either_revision(openai_clip, class_tokens, pixel_
     current = make_official_state("mudpt-linear", openai_clip, k, n_ctx, seed=6)
     with pytest.raises(ValueError, match="current official `trainers/mudpt.py`.*pass method='mudpt-linear'"):
         convert_official(current, "mudpt-linear-v1", openai_to_hf(openai_clip))
+
+
+@pytest.mark.parametrize(("k", "n_ctx", "eos_token_id"), [(1, 2, EOT_ID), (2, 3, 2), (3, 2, EOT_ID)])
+def test_mudpt_linear_early_format_as_2b436f3_ran_it(k, n_ctx, eos_token_id, openai_clip, class_tokens, pixel_values):
+    """The early format has the same keys before and at 2b436f3 ("3. finish umudpt"), whose blocks apply all K deep
+    sets: the tuner (depth K+1) and `convert_official(..., apply_last_deep_set=True)` reproduce that forward, the
+    default conversion (the off-by-one of the commits before) does not."""
+    method = MUDPT_LINEAR_2B436F3
+    expected, actual, _, _ = _compare(method, k, n_ctx, eos_token_id, openai_clip, class_tokens, pixel_values)
+    torch.testing.assert_close(actual, expected, **TOLERANCE)
+    state = with_frozen_clip(make_official_state(method, openai_clip, k, n_ctx, seed=3), openai_clip)
+    input_ids = tuner_token_ids(official_token_ids(class_tokens, n_ctx), n_ctx)
+    converted = convert_official(
+        state, "mudpt-linear", openai_to_hf(openai_clip, eos_token_id=eos_token_id), apply_last_deep_set=True
+    )
+    config = converted.peft_config["default"]
+    assert (config.linear_shared, config.depth) == (False, k + 1)
+    torch.testing.assert_close(_tuner_logits(converted, input_ids, pixel_values), expected, **TOLERANCE)
+    with pytest.warns(UserWarning, match="apply_last_deep_set=True"):
+        default = convert_official(state, "mudpt-linear", openai_to_hf(openai_clip, eos_token_id=eos_token_id))
+    assert (_tuner_logits(default, input_ids, pixel_values) - expected).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize(("method", "depth_or_k", "n_ctx", "eos_token_id"), CASES)
