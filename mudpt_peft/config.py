@@ -44,7 +44,8 @@ class MuDPTConfig(PeftConfig):
             prompts instead of learned).
         fusion (`str`, defaults to `"injection"`):
             How the towers' prompts are coupled: `"injection"` (MuDPT's Injection Model), `"linear"` (the official
-            `mudpt.py` variant), `"text_to_vision"` (MaPLe), `"none"` (independent prompts) or `"cross_attention"`.
+            `mudpt.py` variant, see `linear_shared`), `"text_to_vision"` (MaPLe), `"none"` (independent prompts) or
+            `"cross_attention"`.
         depth (`int`, defaults to 9):
             Number of layers that get prompts, counting the input layer: prompts are used at layers `0..depth-1`, i.e.
             `depth - 1` deep prompt sets (`PROMPT_DEPTH` in the official code).
@@ -75,6 +76,12 @@ class MuDPTConfig(PeftConfig):
             Dropout on the attention weights and the residual branches of the Injection Model blocks.
         prompt_init_std (`float`, defaults to 0.02):
             Standard deviation of the normal initialisation of the prompts (and of the Injection Model's weights).
+        linear_shared (`bool`, defaults to `False`):
+            Which of the two official `mudpt.py` revisions `fusion="linear"` follows. `True`: one linear map per
+            direction shared by all deep layers, plus a text-to-vision map at layer 0 (the current official code,
+            preset `"mudpt-linear"`). `False`: one linear map per deep layer and direction, layer 0 uncoupled (the
+            early official code, preset `"mudpt-linear-v1"`); the default, so that configs saved before this field
+            existed keep their meaning. Only valid with `fusion="linear"`.
     """
 
     text_prompts: bool = field(default=True, metadata={"help": "Whether the text tower gets learned prompts."})
@@ -115,6 +122,14 @@ class MuDPTConfig(PeftConfig):
     )
     injection_dropout: float = field(default=0.0, metadata={"help": "Dropout inside the Injection Model blocks."})
     prompt_init_std: float = field(default=0.02, metadata={"help": "Std of the normal initialisation of the prompts."})
+    linear_shared: bool = field(
+        default=False,
+        metadata={
+            "help": "With fusion='linear': True for one map per direction shared by the deep layers plus a layer-0 "
+            "text-to-vision map (current official mudpt.py), False for one map per deep layer and direction, layer 0 "
+            "uncoupled (early official mudpt.py)."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -150,11 +165,16 @@ class MuDPTConfig(PeftConfig):
         self._check_method()
 
     def _check_method(self) -> None:
-        for name in ("text_prompts", "vision_prompts"):
+        for name in ("text_prompts", "vision_prompts", "linear_shared"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
         if self.fusion not in FUSIONS:
             raise ValueError(f"`fusion` must be one of {', '.join(FUSIONS)}; got {self.fusion!r}.")
+        if self.linear_shared and self.fusion != "linear":
+            raise ValueError(
+                "`linear_shared=True` chooses between the two `fusion='linear'` variants, but "
+                f"`fusion`={self.fusion!r}."
+            )
         if not self.text_prompts and (self.ctx_init is not None or self.ctx_init_token_ids is not None):
             raise ValueError("`ctx_init` initialises text prompts, but `text_prompts=False`.")
         if not (self.text_prompts or self.vision_prompts):
@@ -271,7 +291,8 @@ class MuDPTConfig(PeftConfig):
         | `"ivlp"` | both | none | 9 | 2 |
         | `"maple"` | both | text_to_vision | 9 | 2 |
         | `"mudpt"` | both | injection | 9 | 2 |
-        | `"mudpt-linear"` | both | linear | 9 | 2 |
+        | `"mudpt-linear"` | both | linear, shared maps and layer 0 (`linear_shared=True`) | 9 | 2 |
+        | `"mudpt-linear-v1"` | both | linear, per-layer maps (`linear_shared=False`) | 9 | 2 |
         | `"cross-attention"` | both | cross_attention | 9 | 2 |
 
         Args:
@@ -305,6 +326,8 @@ METHOD_PRESETS: dict[str, dict] = {
     "ivlp": {"fusion": "none", "depth": 9, "n_ctx": 2},
     "maple": {"fusion": "text_to_vision", "depth": 9, "n_ctx": 2},
     "mudpt": {"fusion": "injection", "depth": 9, "n_ctx": 2},
-    "mudpt-linear": {"fusion": "linear", "depth": 9, "n_ctx": 2},
+    # the current official `trainers/mudpt.py` ("3. finish uumudpt" on) and its early revisions (see docs/methods.md)
+    "mudpt-linear": {"fusion": "linear", "linear_shared": True, "depth": 9, "n_ctx": 2},
+    "mudpt-linear-v1": {"fusion": "linear", "linear_shared": False, "depth": 9, "n_ctx": 2},
     "cross-attention": {"fusion": "cross_attention", "depth": 9, "n_ctx": 2},
 }

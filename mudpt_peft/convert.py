@@ -39,7 +39,7 @@ from .families import get_family_spec
 from .model import refuse_wrapped, validate_against_model
 
 #: The methods whose official checkpoints [`convert_official`] reads.
-OFFICIAL_METHODS: tuple[str, ...] = ("coop", "vpt", "ivlp", "maple", "mudpt-linear", "mudpt")
+OFFICIAL_METHODS: tuple[str, ...] = ("coop", "vpt", "ivlp", "maple", "mudpt-linear", "mudpt-linear-v1", "mudpt")
 
 # Frozen weights the official trainers save along with the prompts (they register the whole model): the OpenAI CLIP
 # weights under `image_encoder.` / `text_encoder.`, `logit_scale`, and the prompt learners' token-embedding buffers.
@@ -57,8 +57,26 @@ _FROZEN_KEYS = re.compile(
     r")$"
 )
 
-# Tensors of the official checkpoints that the official forward never uses, per method.
-_UNUSED_KEYS = {"mudpt-linear": re.compile(r"^mudpt_prompt_learner\.embed_projection\.(weight|bias)$")}
+# Tensors of the official checkpoints that the official forward never uses, per (resolved) method.
+_UNUSED_KEYS = {"mudpt-linear-v1": re.compile(r"^mudpt_prompt_learner\.embed_projection\.(weight|bias)$")}
+
+# The two formats of the official `trainers/mudpt.py` (see `detect_mudpt_linear_format`): the early revisions keep one
+# tensor / one `Linear` per deep layer (`.{k}` in the key), the current one ("3. finish uumudpt" on) one stacked tensor
+# and one shared `Linear` per direction.
+_MUDPT_LINEAR_EARLY_KEYS = re.compile(
+    r"^(mudpt_prompt_learner\.deep_prompts|image_encoder\.visual_ctx_deep_prompts)\.\d+$"
+    r"|^(mudpt_prompt_learner\.deep_projections|image_encoder\.visual_ctx_deep_projections)\.\d+\.(weight|bias)$"
+)
+_MUDPT_LINEAR_CURRENT_KEYS = frozenset(
+    {
+        "mudpt_prompt_learner.deep_prompts",
+        "image_encoder.visual_ctx_deep_prompts",
+        "mudpt_prompt_learner.deep_projections.weight",
+        "mudpt_prompt_learner.deep_projections.bias",
+        "image_encoder.visual_ctx_deep_projections.weight",
+        "image_encoder.visual_ctx_deep_projections.bias",
+    }
+)
 
 # One official transformer block (`LightTransformer`, CLIP's residual block) -> `InjectionBlock`:
 # (official suffix, mudpt_peft suffix, shape as a function of (width, mlp hidden size)).
@@ -85,6 +103,7 @@ def convert_official(
     adapter_name: str = "default",
     *,
     injection_heads: int | None = None,
+    apply_last_deep_set: bool | None = None,
 ) -> PeftModel:
     """Convert a checkpoint of an official prompt-learning trainer into a MuDPT adapter on `base_model`.
 
@@ -106,11 +125,23 @@ def convert_official(
     - `maple`: `prompt_learner.ctx` -> `T[0]`; `prompt_learner.compound_prompts_text.{k}` -> `T[k+1]`;
       `prompt_learner.proj` -> vision fusion `projections[0]`; `prompt_learner.compound_prompt_projections.{k}` ->
       `projections[k+1]`. No learned vision prompts.
-    - `mudpt-linear` (`YzM1a0/MuDPT` `trainers/mudpt.py`, `K` deep sets): `mudpt_prompt_learner.ctx` -> `T[0]`;
+    - `mudpt-linear` (`YzM1a0/MuDPT` `trainers/mudpt.py`) reads a checkpoint of either revision of that file, told
+      apart by its keys ([`detect_mudpt_linear_format`]; keys of both formats at once are refused). The current
+      format (commit "3. finish uumudpt", `8d7fbb7`, and later; `K` deep sets) converts to the preset
+      `mudpt-linear` (`linear_shared=True`), depth `K + 1`: `mudpt_prompt_learner.ctx` -> `T[0]`;
+      `image_encoder.visual_ctx` -> `V[0]`; `mudpt_prompt_learner.deep_prompts` `(K, n, w_t)` -> `T[1..K]`;
+      `image_encoder.visual_ctx_deep_prompts` `(K, n, w_v)` -> `V[1..K]`; `mudpt_prompt_learner.embed_projection`
+      (text -> vision, layer 0) -> vision fusion `first_projection`; `mudpt_prompt_learner.deep_projections` (one
+      `Linear` text -> vision for all deep layers) -> vision fusion `deep_projection`;
+      `image_encoder.visual_ctx_deep_projections` (vision -> text) -> text fusion `deep_projection`.
+    - `mudpt-linear`, early format (the commits before "3. finish uumudpt"; `K` deep sets): converts to the preset
+      `mudpt-linear-v1` (`linear_shared=False`), depth `K`: `mudpt_prompt_learner.ctx` -> `T[0]`;
       `image_encoder.visual_ctx` -> `V[0]`; `mudpt_prompt_learner.deep_prompts.{k}` -> `T[k+1]`;
       `image_encoder.visual_ctx_deep_prompts.{k}` -> `V[k+1]`; `mudpt_prompt_learner.deep_projections.{k}` ->
       vision fusion `projections[k]`; `image_encoder.visual_ctx_deep_projections.{k}` -> text fusion
-      `projections[k]`; `k = 0..K-2`, depth `K`.
+      `projections[k]`; `k = 0..K-2`.
+    - `mudpt-linear-v1`: the early format of `trainers/mudpt.py` only, as above (a current-format checkpoint is
+      refused).
     - `mudpt` (`YzM1a0/MuDPT` `trainers/uumudpt.py`): `uumudpt_prompt_learner.ctx` and `.deep_prompts` `(K, n, w_t)`
       -> `T[0]`, `T[1..K]`; `image_encoder.visual_ctx` and `.visual_ctx_deep_prompts` `(K, n, w_v)` -> `V[0]`,
       `V[1..K]`; depth `K + 1`. The T2V Injection Model `uumudpt_prompt_learner.{ln_pre, self_attn, ln_post,
@@ -122,9 +153,12 @@ def convert_official(
 
     Quirks of the official code that the conversion reproduces:
 
-    - `mudpt-linear`: the official forward never applies the last of its `K` deep prompt sets (an off-by-one), so
-      the adapter has `depth=K` and the tensors of index `K - 1` are dropped with a warning.
-      `mudpt_prompt_learner.embed_projection` is built but never used by the official forward, so it is ignored.
+    - `mudpt-linear`, early format: its forward never applies the last of its `K` deep prompt sets (an
+      off-by-one), so the adapter has `depth=K` and the tensors of index `K - 1` are dropped with a warning (except
+      with `apply_last_deep_set=True`, for the one early revision that had fixed it);
+      `mudpt_prompt_learner.embed_projection` is built but never used there, so it is ignored. The current format
+      applies all `K` sets and adds `embed_projection(ctx)` to the layer-0 visual prompts (text layer 0 stays
+      uncoupled); with `K = 0` its shared deep projections map nothing and are dropped with a warning.
     - `mudpt-linear` and `mudpt`: the vision-to-text maps output CLIP's embed dim, which must equal the text width
       (true for every OpenAI CLIP), since their output is added to the text prompts.
     - `mudpt`: the official blocks have `width // 64` attention heads, the `mudpt_peft` default. A checkpoint does
@@ -139,14 +173,21 @@ def convert_official(
             dict itself. Files are read with `torch.load(..., weights_only=True)`: a file that needs arbitrary
             pickled objects is refused.
         method (`str`):
-            One of `coop`, `vpt`, `ivlp`, `maple`, `mudpt-linear`, `mudpt` (case-insensitive; `_` and `-` are
-            interchangeable).
+            One of `coop`, `vpt`, `ivlp`, `maple`, `mudpt-linear`, `mudpt-linear-v1`, `mudpt` (case-insensitive; `_`
+            and `-` are interchangeable). The adapter's config is the preset of that name, except that `mudpt-linear`
+            gives `mudpt-linear-v1` for an early-format checkpoint.
         base_model (`transformers.CLIPModel`):
             The frozen model, converted from the OpenAI CLIP the checkpoint was trained with. It is wrapped in place.
         adapter_name (`str`, defaults to `"default"`):
             The name of the adapter.
         injection_heads (`int`, *optional*):
             Attention heads of the Injection Model blocks (`mudpt` only); defaults to `width // 64` (at least 1).
+        apply_last_deep_set (`bool`, *optional*):
+            Early-format `mudpt.py` checkpoints only: whether the forward that trained them applied the last of their
+            `K` deep prompt sets. Two revisions wrote that format with the same keys: up to "2. add umudpt"
+            (`f358682`) the blocks stop one set early (`False`, the default: depth `K`, the last set dropped); "3.
+            finish umudpt" (`2b436f3`, which changed `clip/model.py` only) applies all of them (`True`: depth
+            `K + 1`). The keys cannot tell them apart, so pass `True` for a checkpoint trained at that revision.
 
     Returns:
         `peft.PeftModel`: `base_model` with the converted adapter, ready for inference or `save_pretrained`.
@@ -172,6 +213,13 @@ def convert_official(
             f"`injection_heads` only applies to method='mudpt' (the Injection Model); got method={method!r}. "
             "Leave it unset."
         )
+    if apply_last_deep_set is not None and key not in ("mudpt-linear", "mudpt-linear-v1"):
+        raise ValueError(
+            f"`apply_last_deep_set` only applies to early-format `mudpt.py` checkpoints (method='mudpt-linear' or "
+            f"'mudpt-linear-v1'); got method={method!r}. Leave it unset."
+        )
+    if apply_last_deep_set is not None and not isinstance(apply_last_deep_set, bool):
+        raise ValueError(f"`apply_last_deep_set` must be True, False or None, got {apply_last_deep_set!r}.")
     if not isinstance(base_model, CLIPModel):
         raise ValueError(
             f"`convert_official` needs a `transformers.CLIPModel` (converted from the OpenAI CLIP the checkpoint was "
@@ -182,8 +230,9 @@ def convert_official(
     geometry = _Geometry(**spec.geometry(base_model))
     state_dict = _official_state_dict(checkpoint)
 
-    plan = _Plan(state_dict, geometry)
+    plan = _Plan(state_dict, geometry, apply_last_deep_set=apply_last_deep_set)
     _PLANNERS[key](plan)
+    key = plan.method or key  # `mudpt-linear`: the preset of the format the keys show
     plan.raise_problems(key, _UNUSED_KEYS.get(key))
     if plan.dropped:
         warnings.warn(
@@ -332,6 +381,8 @@ class _Plan:
     dropped: list[str] = field(default_factory=list)
     dropped_reason: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
+    method: str | None = None  # the preset to build, when the planner tells it from the keys (else the method asked)
+    apply_last_deep_set: bool | None = None  # early-format mudpt.py: the revision's handling of its last deep set
 
     # -- reading ------------------------------------------------------------------------------------------------------
 
@@ -470,7 +521,7 @@ class _Plan:
         if unknown:
             hint = ""
             guess = _guess_method(self.state)
-            if guess is not None and guess != method:
+            if guess is not None and _METHOD_FAMILY.get(guess, guess) != _METHOD_FAMILY.get(method, method):
                 hint = f" They look like a `{guess}` checkpoint: pass method={guess!r}."
             problems.append(
                 f"unknown keys (neither `{method}` prompt tensors nor frozen CLIP weights): {unknown}.{hint}"
@@ -487,6 +538,10 @@ class _Plan:
                 + " | ".join(problems)
                 + ". Check `method`, and that `base_model` is the CLIP the checkpoint was trained with."
             )
+
+
+# `mudpt-linear` converts checkpoints of both revisions of the official `mudpt.py`, so it is the hint for either
+_METHOD_FAMILY = {"mudpt-linear-v1": "mudpt-linear"}
 
 
 def _guess_method(state: Mapping[str, torch.Tensor]) -> str | None:
@@ -566,15 +621,105 @@ def _plan_maple(plan: _Plan) -> None:
     plan.overrides.update(depth=1 + deep, n_ctx=n_ctx or 1)
 
 
+def detect_mudpt_linear_format(checkpoint: str | os.PathLike | Mapping[str, Any]) -> str:
+    """Which revision of the official `YzM1a0/MuDPT` `trainers/mudpt.py` wrote `checkpoint`, from its keys.
+
+    Returns `"mudpt-linear"` for the current format (commit "3. finish uumudpt" and later: stacked deep prompts
+    `mudpt_prompt_learner.deep_prompts` / `image_encoder.visual_ctx_deep_prompts` of shape `(K, n_ctx, width)` and one
+    shared `deep_projections` / `visual_ctx_deep_projections` `Linear` each), `"mudpt-linear-v1"` for the early one
+    (one tensor and one `Linear` per deep layer: `deep_prompts.{k}`, `deep_projections.{k}.weight`, ...). These are the
+    presets [`convert_official`] converts them to. A checkpoint with no deep-prompt keys at all is early-format: only
+    the early code stores none (with `DEEP_PROMPT_DEPTH=1`; the current code then stores `(0, n_ctx, width)` tensors).
+
+    Args:
+        checkpoint (`str`, `os.PathLike` or `Mapping`): As for [`convert_official`].
+
+    Raises:
+        ValueError: when the keys mix the two formats.
+    """
+    return _mudpt_linear_format(_official_state_dict(checkpoint))
+
+
+def _mudpt_linear_format(state: Mapping[str, torch.Tensor]) -> str:
+    early = sorted(key for key in state if _MUDPT_LINEAR_EARLY_KEYS.match(key))
+    current = sorted(key for key in state if key in _MUDPT_LINEAR_CURRENT_KEYS)
+    if early and current:
+        raise ValueError(
+            "This checkpoint mixes the two formats of the official `trainers/mudpt.py`: the early format's per-layer "
+            f"keys {early} and the current format's stacked / shared keys {current}. Pass the state dict of one "
+            "official model."
+        )
+    return "mudpt-linear" if current else "mudpt-linear-v1"
+
+
 def _plan_mudpt_linear(plan: _Plan) -> None:
+    """`method="mudpt-linear"`: a checkpoint of either revision of the official `mudpt.py`, told apart by its keys."""
+    if _mudpt_linear_format(plan.state) == "mudpt-linear":
+        _plan_mudpt_linear_current(plan)
+    else:
+        _plan_mudpt_linear_v1(plan)
+
+
+def _plan_mudpt_linear_v1_only(plan: _Plan) -> None:
+    """`method="mudpt-linear-v1"`: the early format only."""
+    if _mudpt_linear_format(plan.state) == "mudpt-linear":
+        raise ValueError(
+            "This is a checkpoint of the current official `trainers/mudpt.py` (stacked `deep_prompts` and shared "
+            "`deep_projections`), not of its early revision: pass method='mudpt-linear'."
+        )
+    _plan_mudpt_linear_v1(plan)
+
+
+def _plan_mudpt_linear_current(plan: _Plan) -> None:
+    """The current format of the official `mudpt.py`: stacked deep prompts, shared projections, layer-0 coupling."""
+    g = plan.geometry
+    plan.method = "mudpt-linear"
+    if plan.apply_last_deep_set is not None:
+        raise ValueError(
+            "`apply_last_deep_set` is for early-format `mudpt.py` checkpoints; this one has the current format, whose "
+            "forward applies every deep prompt set. Leave it unset."
+        )
+    n_ctx = plan.prompt("mudpt_prompt_learner.ctx", "text", 0, None)
+    vision_n_ctx = plan.prompt("image_encoder.visual_ctx", "vision", 0, n_ctx)
+    text_deep = plan.stacked_prompts("mudpt_prompt_learner.deep_prompts", "text", n_ctx)
+    vision_deep = plan.stacked_prompts("image_encoder.visual_ctx_deep_prompts", "vision", vision_n_ctx)
+    if text_deep != vision_deep:
+        plan.bad_shapes.append(
+            f"`mudpt_prompt_learner.deep_prompts` holds {text_deep} deep prompt sets but "
+            f"`image_encoder.visual_ctx_deep_prompts` holds {vision_deep}; they must be equal"
+        )
+    what = "Linear text width -> vision width"
+    plan.linear(
+        "mudpt_prompt_learner.embed_projection", "vision", "first_projection", g.text_width, g.vision_width, what
+    )
+    t2v, v2t = "mudpt_prompt_learner.deep_projections", "image_encoder.visual_ctx_deep_projections"
+    if text_deep >= 1:
+        plan.linear(t2v, "vision", "deep_projection", g.text_width, g.vision_width, what)
+        plan.to_text_width(v2t, "text", "deep_projection", "Linear vision width -> text width")
+    else:  # no deep layers: the official forward maps empty tensors with them, mudpt_peft builds no deep maps
+        for prefix in (t2v, v2t):
+            plan.drop(f"{prefix}.weight")
+            plan.drop(f"{prefix}.bias")
+        plan.dropped_reason = (
+            "The checkpoint has no deep prompts, so its shared deep projections are unused by the official forward "
+            "(they map empty tensors)."
+        )
+    plan.overrides.update(depth=1 + text_deep, n_ctx=n_ctx or 1)
+
+
+def _plan_mudpt_linear_v1(plan: _Plan) -> None:
+    """The early format of the official `mudpt.py`: per-layer deep prompts and projections (`.{k}` keys)."""
+    plan.method = "mudpt-linear-v1"
     g = plan.geometry
     text_deep, vision_deep = "mudpt_prompt_learner.deep_prompts.{i}", "image_encoder.visual_ctx_deep_prompts.{i}"
     t2v, v2t = "mudpt_prompt_learner.deep_projections.{i}", "image_encoder.visual_ctx_deep_projections.{i}"
     deep = plan.count(text_deep, vision_deep, *(p + s for p in (t2v, v2t) for s in (".weight", ".bias")))
     n_ctx = plan.prompt("mudpt_prompt_learner.ctx", "text", 0, None)
     vision_n_ctx = plan.prompt("image_encoder.visual_ctx", "vision", 0, n_ctx)
-    # the official forward applies deep prompts while `nth < len(prompts) - 1`: index deep-1 is never used
-    for k in range(max(deep - 1, 0)):
+    # up to f358682 the blocks apply deep prompts while `nth < len(prompts) - 1`, so index deep-1 is never used;
+    # 2b436f3 made it `nth < len(prompts)` (same keys): `apply_last_deep_set=True`
+    used = deep if plan.apply_last_deep_set else max(deep - 1, 0)
+    for k in range(used):
         layer = k + 1
         plan.prompt(text_deep.format(i=k), "text", layer, n_ctx)
         plan.prompt(vision_deep.format(i=k), "vision", layer, vision_n_ctx)
@@ -585,7 +730,7 @@ def _plan_mudpt_linear(plan: _Plan) -> None:
         else:
             for prefix in (t2v.format(i=k), v2t.format(i=k)):
                 plan.used.update({f"{prefix}.weight", f"{prefix}.bias"} & plan.state.keys())
-    if deep > 0:
+    if used < deep:
         last = deep - 1
         for key in (text_deep.format(i=last), vision_deep.format(i=last)):
             plan.drop(key)
@@ -593,10 +738,11 @@ def _plan_mudpt_linear(plan: _Plan) -> None:
             plan.drop(f"{prefix}.weight")
             plan.drop(f"{prefix}.bias")
         plan.dropped_reason = (
-            f"The official mudpt.py forward never applies the last of its {deep} deep prompt sets (index {last}), so "
-            f"the converted adapter has depth={max(deep, 1)}, like the official model."
+            f"The early official mudpt.py forward never applies the last of its {deep} deep prompt sets (index "
+            f"{last}), so the converted adapter has depth={max(deep, 1)}, like the official model. (A checkpoint "
+            "trained at its revision 2b436f3 '3. finish umudpt' did apply it: pass apply_last_deep_set=True.)"
         )
-    plan.overrides.update(depth=max(deep, 1), n_ctx=n_ctx or 1)
+    plan.overrides.update(depth=1 + used, n_ctx=n_ctx or 1)
 
 
 def _plan_mudpt(plan: _Plan) -> None:
@@ -668,6 +814,7 @@ _PLANNERS = {
     "ivlp": _plan_ivlp,
     "maple": _plan_maple,
     "mudpt-linear": _plan_mudpt_linear,
+    "mudpt-linear-v1": _plan_mudpt_linear_v1_only,
     "mudpt": _plan_mudpt,
 }
 
@@ -746,12 +893,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--injection-heads", type=int, default=None, help="attention heads of the Injection Models (mudpt only)"
     )
+    parser.add_argument(
+        "--apply-last-deep-set",
+        action="store_true",
+        default=None,
+        help="early-format mudpt.py checkpoints trained at its revision 2b436f3, which applied the last deep set",
+    )
     args = parser.parse_args(argv)
     try:
         method = _normalize_method(args.method)
         base = CLIPModel.from_pretrained(args.base)
         model = convert_official(
-            args.checkpoint, method, base, adapter_name=args.adapter_name, injection_heads=args.injection_heads
+            args.checkpoint,
+            method,
+            base,
+            adapter_name=args.adapter_name,
+            injection_heads=args.injection_heads,
+            apply_last_deep_set=args.apply_last_deep_set,
         )
     except (ValueError, OSError) as error:
         parser.exit(1, f"error: {error}\n")

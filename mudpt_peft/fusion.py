@@ -8,12 +8,14 @@ derives them entirely from the other tower) and the other tower's learned prompt
 | --- | --- | --- |
 | `"none"` (IVLP, CoOp, VPT) | `T_j` | `V_j` |
 | `"injection"` (MuDPT, `uumudpt.py`) | `T_0`; `T_j + V2T(V)_j`, `j >= 1` | `V_j + T2V(T)_j` |
-| `"linear"` (MuDPT, `mudpt.py`) | `T_0`; `T_j + L^v2t_j(V_j)`, `j >= 1` | `V_0`; `V_j + L^t2v_j(T_j)`, `j >= 1` |
+| `"linear"`, shared (`mudpt.py` now) | `T_0`; `T_j + L^v2t(V_j)`, `j >= 1` | `V_0 + L^t2v_0(T_0)`; `V_j + L^t2v(T_j)` |
+| `"linear"`, per layer (early `mudpt.py`) | `T_0`; `T_j + L^v2t_j(V_j)`, `j >= 1` | `V_0`; `V_j + L^t2v_j(T_j)` |
 | `"text_to_vision"` (MaPLe) | `T_j` | `Linear_j(T_j)` (no own vision prompts) |
 | `"cross_attention"` | `T_j + CrossAttn(q=T_j, kv=V_j)` | `V_j + CrossAttn(q=V_j, kv=T_j)` |
 
-Coupling applies to the layers both towers prompt (`j < min(text_depth, vision_depth)`); deeper layers use their
-learned prompts alone.
+"shared" is `linear_shared=True` (one map per direction for all deep layers, `j >= 1`, and a layer-0 map); "per
+layer" is `linear_shared=False`. Coupling applies to the layers both towers prompt (`j < min(text_depth,
+vision_depth)`); deeper layers use their learned prompts alone.
 """
 
 from __future__ import annotations
@@ -63,10 +65,11 @@ class InjectionFusion(InjectionModel):
 
 
 class LinearFusion(nn.Module):
-    """The official `mudpt.py` variant: one linear map per deep layer and direction, no coupling at layer 0.
+    """The early official `mudpt.py` variant: one linear map per deep layer and direction, no coupling at layer 0.
 
     `own_j + projections[j-1](other_j)` for the deep layers `1 <= j < min(depths)`; layer 0 uses the learned prompts
-    alone (the official code builds a layer-0 projection but never uses it).
+    alone (that code builds a layer-0 projection but never uses it). `MuDPTConfig(fusion="linear")` with
+    `linear_shared=False`, the preset `"mudpt-linear-v1"`.
 
     Args:
         source_width (`int`): Width of the other tower's prompts.
@@ -91,6 +94,49 @@ class LinearFusion(nn.Module):
         """Add each deep layer's mapped `other` prompts to `own`."""
         delta = torch.stack([projection(other[j + 1]) for j, projection in enumerate(self.projections)], dim=0)
         return _add_to_layers(own, delta, 1)
+
+
+class SharedLinearFusion(nn.Module):
+    """The current official `mudpt.py` variant: one linear map shared by all deep layers, and a layer-0 map.
+
+    `own_0 + first_projection(other_0)` at layer 0 (when `first_layer`), `own_j + deep_projection(other_j)` for the
+    deep layers `1 <= j < min(depths)` (when `deep`). The official code has the layer-0 map on the vision side only
+    (`embed_projection`, text -> vision). `MuDPTConfig(fusion="linear", linear_shared=True)`, the preset
+    `"mudpt-linear"`.
+
+    Args:
+        source_width (`int`): Width of the other tower's prompts.
+        target_width (`int`): Width of this tower's prompts.
+        first_layer (`bool`): Couple layer 0 with its own map `first_projection`.
+        deep (`bool`): Couple the deep layers with the shared map `deep_projection` (`False` where the towers share
+            no deep layer, so that no parameter goes unused).
+    """
+
+    def __init__(
+        self,
+        source_width: int,
+        target_width: int,
+        *,
+        first_layer: bool,
+        deep: bool,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not (first_layer or deep):
+            raise ValueError("SharedLinearFusion needs `first_layer` or `deep`; use NoFusion to couple nothing.")
+        factory = {"device": device, "dtype": dtype}
+        self.first_projection = nn.Linear(source_width, target_width, **factory) if first_layer else None
+        self.deep_projection = nn.Linear(source_width, target_width, **factory) if deep else None
+
+    def forward(self, own: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """Add the mapped `other` prompts of layer 0 and of the common deep layers to `own`."""
+        if self.first_projection is not None:
+            own = _add_to_layers(own, self.first_projection(other[:1]), 0)
+        common = min(own.shape[0], other.shape[0])
+        if self.deep_projection is not None and common > 1:
+            own = _add_to_layers(own, self.deep_projection(other[1:common]), 1)
+        return own
 
 
 class TextToVisionFusion(nn.Module):

@@ -22,7 +22,14 @@ from .adapter_files import TENSORS_FINGERPRINT_KEY, adapter_fingerprint, mismatc
 from .compat import base_model_record, check_base_model
 from .config import MuDPTConfig
 from .families import FamilySpec, get_family_spec
-from .fusion import CrossAttentionFusion, InjectionFusion, LinearFusion, NoFusion, TextToVisionFusion
+from .fusion import (
+    CrossAttentionFusion,
+    InjectionFusion,
+    LinearFusion,
+    NoFusion,
+    SharedLinearFusion,
+    TextToVisionFusion,
+)
 from .layer import (
     MuDPTDeepPromptLayer,
     MuDPTLayer,
@@ -448,7 +455,15 @@ def _make_fusions(config: MuDPTConfig, geometry: dict[str, int], towers: dict[st
                 init_std=config.prompt_init_std,
                 **factory,
             )
-        elif config.fusion == "linear":
+        elif config.fusion == "linear" and config.linear_shared:
+            # the current official mudpt.py: a layer-0 map on the vision side only, one shared map for the deep layers
+            first_layer = target == "vision"
+            fusion = (
+                SharedLinearFusion(source_width, target_width, first_layer=first_layer, deep=shared_deep, **factory)
+                if first_layer or shared_deep
+                else NoFusion()
+            )
+        elif config.fusion == "linear":  # the early official mudpt.py: one map per deep layer, layer 0 uncoupled
             layers = shared_depth - 1
             fusion = LinearFusion(source_width, target_width, layers, **factory) if shared_deep else NoFusion()
         elif config.fusion == "text_to_vision":

@@ -48,8 +48,8 @@ RESULTS_ATTRIBUTE = "_mudpt_eval_results"
 
 def method_preset(config: MuDPTConfig) -> str:
     """The method a config implements, as a [`MuDPTConfig.for_method`] name (`"coop"`, `"vpt"`, `"ivlp"`, `"maple"`,
-    `"mudpt"`, `"mudpt-linear"` or `"cross-attention"`), derived from `fusion`, `text_prompts` and `vision_prompts`
-    (depths and token counts may differ from the preset's defaults)."""
+    `"mudpt"`, `"mudpt-linear"`, `"mudpt-linear-v1"` or `"cross-attention"`), derived from `fusion`, `linear_shared`,
+    `text_prompts` and `vision_prompts` (depths and token counts may differ from the preset's defaults)."""
     if config.fusion == "none":
         if config.text_prompts and config.vision_prompts:
             return "ivlp"
@@ -57,7 +57,7 @@ def method_preset(config: MuDPTConfig) -> str:
     return {
         "text_to_vision": "maple",
         "injection": "mudpt",
-        "linear": "mudpt-linear",
+        "linear": "mudpt-linear" if config.linear_shared else "mudpt-linear-v1",
         "cross_attention": "cross-attention",
     }[config.fusion]
 

@@ -39,7 +39,9 @@ TRAINING_RECIPES: dict[str, dict[str, float | int]] = {
     "maple": {"learning_rate": 0.0035, "num_train_epochs": 5, "per_device_train_batch_size": 4},
     "mudpt": {"learning_rate": 0.0025, "num_train_epochs": 10, "per_device_train_batch_size": 4},
     # no official recipe of their own: MuDPT's, with the learning rate measured (benchmarks/lr_sweep.sh)
+    # (the sweep ran on the per-layer variant, now "mudpt-linear-v1"; the shared-map "mudpt-linear" keeps its rate)
     "mudpt-linear": {"learning_rate": 0.005, "num_train_epochs": 10, "per_device_train_batch_size": 4},
+    "mudpt-linear-v1": {"learning_rate": 0.005, "num_train_epochs": 10, "per_device_train_batch_size": 4},
     "cross-attention": {"learning_rate": 0.00125, "num_train_epochs": 10, "per_device_train_batch_size": 4},
 }
 

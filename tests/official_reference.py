@@ -1,9 +1,9 @@
 """An independent re-implementation of the official prompt-learning forwards, on a tiny OpenAI-layout CLIP.
 
-The official code of CoOp, VPT, IVLP, MaPLe and MuDPT (`trainers/mudpt.py`, the linear variant, and
-`trainers/uumudpt.py`, the Injection Model) runs on OpenAI's CLIP implementation, not on transformers. This module
-rewrites what those forwards compute, from their semantics and in plain torch (no code of theirs is used), so that the
-tuner on an HF `CLIPModel` can be compared with them on the same weights:
+The official code of CoOp, VPT, IVLP, MaPLe and MuDPT (`trainers/mudpt.py`, the linear variant, in its current and
+its early revision, and `trainers/uumudpt.py`, the Injection Model) runs on OpenAI's CLIP implementation, not on
+transformers. This module rewrites what those forwards compute, from their semantics and in plain torch (no code of
+theirs is used), so that the tuner on an HF `CLIPModel` can be compared with them on the same weights:
 
 * `make_openai_clip` builds a tiny random CLIP as an OpenAI-layout state dict (`token_embedding.weight`,
   `transformer.resblocks.{i}.attn.in_proj_weight`, `visual.conv1.weight`, `visual.proj`, ...);
@@ -27,10 +27,17 @@ Methods, their official keys (`{i}` a block index, `{k}` a list index) and what 
 * `maple` (depth D): `prompt_learner.ctx`, `prompt_learner.proj.{weight,bias}`,
   `prompt_learner.compound_prompts_text.{k}`, `prompt_learner.compound_prompt_projections.{k}.{weight,bias}`
   (k = 0..D-2).
-* `mudpt-linear` (K deep sets, `trainers/mudpt.py`): `mudpt_prompt_learner.ctx`,
+* `mudpt-linear` (K deep sets, D = K+1, `trainers/mudpt.py` from the commit "3. finish uumudpt" on):
+  `mudpt_prompt_learner.{ctx, deep_prompts (K, n, w_t), embed_projection.*, deep_projections.*}` and
+  `image_encoder.{visual_ctx, visual_ctx_deep_prompts (K, n, w_v), visual_ctx_deep_projections.*}`: one `Linear` per
+  direction shared by all deep layers (`deep_projections` w_t -> w_v, `visual_ctx_deep_projections` w_v -> embed_dim),
+  and `embed_projection` (w_t -> w_v) adds the mapped layer-0 text prompts to the layer-0 visual prompts. All K deep
+  sets are applied (blocks 1..K).
+* `mudpt-linear-v1` (K deep sets, D = K, `trainers/mudpt.py` before that commit): `mudpt_prompt_learner.ctx`,
   `mudpt_prompt_learner.deep_prompts.{k}`, `mudpt_prompt_learner.deep_projections.{k}.*`, `image_encoder.visual_ctx`,
   `image_encoder.visual_ctx_deep_prompts.{k}`, `image_encoder.visual_ctx_deep_projections.{k}.*` (k = 0..K-1; the
-  official code applies only k = 0..K-2).
+  official code applies only k = 0..K-2), and `mudpt_prompt_learner.embed_projection.*`, which it never uses.
+  `MUDPT_LINEAR_2B436F3` is the same format as the revision 2b436f3 ran it (all K deep sets applied, D = K+1).
 * `mudpt` (K deep sets, D = K+1, `trainers/uumudpt.py`): `uumudpt_prompt_learner.{ctx, deep_prompts (K, n, w_t), ln_pre,
   self_attn, ln_post, visual_proj}` and `image_encoder.{visual_ctx, visual_ctx_deep_prompts (K, n, w_v),
   visual_ctx_ln_intra_pre, visual_ctx_self_attn, visual_ctx_ln_intra_post, visual_ctx_text_proj}`, where `self_attn` and
@@ -60,12 +67,15 @@ CONTEXT_LENGTH = 16
 #: OpenAI CLIP's attention heads: one per 64 channels (the official prompt learners' blocks follow it too).
 HEAD_WIDTH = 64
 
-METHODS = ("coop", "vpt", "ivlp", "maple", "mudpt-linear", "mudpt")
+METHODS = ("coop", "vpt", "ivlp", "maple", "mudpt-linear", "mudpt-linear-v1", "mudpt")
+#: The early `mudpt.py` format as its revision 2b436f3 ("3. finish umudpt") ran it: same keys as `mudpt-linear-v1`,
+#: but its blocks apply all K deep prompt sets (`nth < K`; D = K+1). The preset is `mudpt-linear-v1`.
+MUDPT_LINEAR_2B436F3 = "mudpt-linear-v1@2b436f3"
 
 
 def _method(method: str) -> str:
     key = method.lower().replace("_", "-")
-    if key not in (*METHODS, "clip"):
+    if key not in (*METHODS, MUDPT_LINEAR_2B436F3, "clip"):
         raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)} or 'clip'")
     return key
 
@@ -409,6 +419,24 @@ def official_prompts(
         }
         return ctx, text_deep, _linear(ctx, state, "prompt_learner.proj"), vision_deep
     if method == "mudpt-linear":
+        # current mudpt.py: prompt learner -> (text ctx, E(ctx), deep text prompts, L_t2v(deep text prompts)); the
+        # image encoder adds E(ctx) to its layer-0 prompts and L_t2v(...) to its deep prompts and returns
+        # L_v2t(deep visual prompts), which are added to the deep text prompts; blocks 1..K take deep set 0..K-1
+        ctx = state["mudpt_prompt_learner.ctx"]
+        deep_prompts = state["mudpt_prompt_learner.deep_prompts"]  # (K, n, w_t)
+        visual_ctx = state["image_encoder.visual_ctx"]
+        visual_deep_prompts = state["image_encoder.visual_ctx_deep_prompts"]  # (K, n, w_v)
+        vision_first = visual_ctx + _linear(ctx, state, "mudpt_prompt_learner.embed_projection")
+        vision_deep = _linear(deep_prompts, state, "mudpt_prompt_learner.deep_projections") + visual_deep_prompts
+        text_deep = deep_prompts + _linear(visual_deep_prompts, state, "image_encoder.visual_ctx_deep_projections")
+        # the blocks' condition is `nth < K`: every deep set is used (the blocks past the model's depth do not exist)
+        return (
+            ctx,
+            {layer: text_deep[layer - 1] for layer in range(1, 1 + text_deep.shape[0])},
+            vision_first,
+            {layer: vision_deep[layer - 1] for layer in range(1, 1 + vision_deep.shape[0])},
+        )
+    if method in ("mudpt-linear-v1", MUDPT_LINEAR_2B436F3):
         ctx = state["mudpt_prompt_learner.ctx"]
         deep_prompts = _indexed(state, "mudpt_prompt_learner.deep_prompts.", "")
         visual_deep_prompts = _indexed(state, "image_encoder.visual_ctx_deep_prompts.", "")
@@ -421,11 +449,14 @@ def official_prompts(
             for k, (prompt, visual) in enumerate(zip(deep_prompts, visual_deep_prompts, strict=True))
         ]
 
-        def blocks(prompts: list[torch.Tensor]) -> dict[int, torch.Tensor]:
-            # block `layer` >= 1 is the `nth = layer - 1` deep block; the official condition is
-            # `nth < len(prompts) - 1`, so the last of the K deep prompts is never used
-            return {layer: prompts[layer - 1] for layer in range(1, 1 + len(prompts)) if layer - 1 < len(prompts) - 1}
+        # block `layer` >= 1 is the `nth = layer - 1` deep block; the condition is `nth < len(prompts) - 1` up to
+        # f358682, so the last of the K deep prompts is never used, and `nth < len(prompts)` at 2b436f3
+        applied = len(deep_prompts) - (0 if method == MUDPT_LINEAR_2B436F3 else 1)
 
+        def blocks(prompts: list[torch.Tensor]) -> dict[int, torch.Tensor]:
+            return {layer: prompts[layer - 1] for layer in range(1, 1 + len(prompts)) if layer - 1 < applied}
+
+        # `embed_projection` is built but its output is not passed to the image encoder: layer 0 is uncoupled
         return ctx, blocks(text_prompts), state["image_encoder.visual_ctx"], blocks(vision_prompts)
     # mudpt (uumudpt.py)
     ctx = state["uumudpt_prompt_learner.ctx"]
@@ -510,7 +541,8 @@ def make_official_state(
         method: One of `METHODS`.
         clip_openai: The OpenAI-layout CLIP they belong to (for the widths).
         depth_or_k: The prompt depth D (layer 0 included) for `coop` (must be 1), `vpt`, `ivlp`, `maple`; the number
-            K of deep prompt sets for `mudpt-linear` (only K-1 are used, see `official_prompts`) and `mudpt` (D = K+1).
+            K of deep prompt sets for `mudpt-linear` (D = K+1), `mudpt-linear-v1` (only K-1 are used, D = K, see
+            `official_prompts`) and `mudpt` (D = K+1).
         n_ctx: Prompt tokens per layer (text and vision).
         seed: Seed of the values: prompts ~ N(0, 0.5^2), linear weights ~ N(0, 1/fan_in), biases ~ N(0, 0.5^2),
             LayerNorm weights ~ 1 + N(0, 0.3^2).
@@ -543,16 +575,26 @@ def make_official_state(
             state[f"prompt_learner.compound_prompts_text.{k}"] = prompt(n_ctx, w_t)
         for k in range(depth_or_k - 1):
             state.update(_random_linear(f"prompt_learner.compound_prompt_projections.{k}", w_t, w_v, generator))
-    elif method == "mudpt-linear":
+    elif method in ("mudpt-linear", "mudpt-linear-v1", MUDPT_LINEAR_2B436F3):
         if embed_dim != w_t:
             raise ValueError("MuDPT's linear variant adds embed_dim-wide prompts to text prompts: embed_dim != w_t")
         state["mudpt_prompt_learner.ctx"] = prompt(n_ctx, w_t)
         state["image_encoder.visual_ctx"] = prompt(n_ctx, w_v)
-        for k in range(depth_or_k):
-            state[f"mudpt_prompt_learner.deep_prompts.{k}"] = prompt(n_ctx, w_t)
-            state[f"image_encoder.visual_ctx_deep_prompts.{k}"] = prompt(n_ctx, w_v)
-            state.update(_random_linear(f"mudpt_prompt_learner.deep_projections.{k}", w_t, w_v, generator))
-            state.update(_random_linear(f"image_encoder.visual_ctx_deep_projections.{k}", w_v, embed_dim, generator))
+        if method == "mudpt-linear":  # stacked deep prompts, one shared Linear per direction
+            state["mudpt_prompt_learner.deep_prompts"] = prompt(depth_or_k, n_ctx, w_t)
+            state["image_encoder.visual_ctx_deep_prompts"] = prompt(depth_or_k, n_ctx, w_v)
+            state.update(_random_linear("mudpt_prompt_learner.deep_projections", w_t, w_v, generator))
+            state.update(_random_linear("image_encoder.visual_ctx_deep_projections", w_v, embed_dim, generator))
+        else:  # one tensor and one Linear per deep layer
+            for k in range(depth_or_k):
+                state[f"mudpt_prompt_learner.deep_prompts.{k}"] = prompt(n_ctx, w_t)
+                state[f"image_encoder.visual_ctx_deep_prompts.{k}"] = prompt(n_ctx, w_v)
+                state.update(_random_linear(f"mudpt_prompt_learner.deep_projections.{k}", w_t, w_v, generator))
+                state.update(
+                    _random_linear(f"image_encoder.visual_ctx_deep_projections.{k}", w_v, embed_dim, generator)
+                )
+        # both revisions build the layer-0 map text -> vision; only the current one uses it
+        state.update(_random_linear("mudpt_prompt_learner.embed_projection", w_t, w_v, generator))
     elif method == "mudpt":
         if embed_dim != w_t:
             raise ValueError("UUMuDPT adds embed_dim-wide injections to text prompts: embed_dim != w_t")
@@ -642,11 +684,13 @@ def method_n_ctx(method: str, n_ctx: int) -> int:
 def tuner_config(method: str, depth_or_k: int, n_ctx: int) -> MuDPTConfig:
     """The `MuDPTConfig` equivalent to the official `method` with `depth_or_k` (see `make_official_state`)."""
     method = _method(method)
-    if method == "mudpt":
-        return MuDPTConfig.for_method("mudpt", depth=depth_or_k + 1, n_ctx=n_ctx)
+    if method in ("mudpt", "mudpt-linear"):  # K deep prompt sets, all used: layers 0..K are prompted
+        return MuDPTConfig.for_method(method, depth=depth_or_k + 1, n_ctx=n_ctx)
+    if method == MUDPT_LINEAR_2B436F3:  # the per-layer variant with all K sets used
+        return MuDPTConfig.for_method("mudpt-linear-v1", depth=depth_or_k + 1, n_ctx=n_ctx)
     if method == "vpt":
         return MuDPTConfig.for_method("vpt", depth=depth_or_k, n_ctx=n_ctx, vision_n_ctx=n_ctx)
-    # mudpt-linear: K deep prompt sets, of which K-1 are used (layers 0..K-1 are prompted)
+    # mudpt-linear-v1: K deep prompt sets, of which K-1 are used (layers 0..K-1 are prompted)
     return MuDPTConfig.for_method(method, depth=depth_or_k, n_ctx=n_ctx)
 
 
@@ -712,9 +756,24 @@ def load_into_tuner(method: str, peft_model, state: dict[str, torch.Tensor], ada
         for k in range(len(compound)):
             _copy_params(projections[k + 1], state, f"prompt_learner.compound_prompt_projections.{k}")
     elif method == "mudpt-linear":
+        deep_prompts = state["mudpt_prompt_learner.deep_prompts"]
+        fill(text_prompts, [state["mudpt_prompt_learner.ctx"], *deep_prompts.unbind(0)])
+        fill(
+            vision_prompts,
+            [state["image_encoder.visual_ctx"], *state["image_encoder.visual_ctx_deep_prompts"].unbind(0)],
+        )
+        vision_fusion = vision.mudpt_fusion[adapter_name]
+        _copy_params(vision_fusion.first_projection, state, "mudpt_prompt_learner.embed_projection")
+        if deep_prompts.shape[0] > 0:
+            _copy_params(vision_fusion.deep_projection, state, "mudpt_prompt_learner.deep_projections")
+            _copy_params(
+                text.mudpt_fusion[adapter_name].deep_projection, state, "image_encoder.visual_ctx_deep_projections"
+            )
+    elif method in ("mudpt-linear-v1", MUDPT_LINEAR_2B436F3):
         deep_prompts = _indexed(state, "mudpt_prompt_learner.deep_prompts.", "")
         visual_deep_prompts = _indexed(state, "image_encoder.visual_ctx_deep_prompts.", "")
-        used = len(deep_prompts) - 1  # the official off-by-one: the last deep prompt set is never applied
+        # the official off-by-one up to f358682: the last deep prompt set is never applied (fixed at 2b436f3)
+        used = len(deep_prompts) - (0 if method == MUDPT_LINEAR_2B436F3 else 1)
         fill(text_prompts, [state["mudpt_prompt_learner.ctx"], *deep_prompts[:used]])
         fill(vision_prompts, [state["image_encoder.visual_ctx"], *visual_deep_prompts[:used]])
         if used > 0:

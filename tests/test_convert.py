@@ -23,7 +23,7 @@ from transformers import CLIPModel
 
 from mudpt_peft import MuDPTConfig
 from mudpt_peft import convert as convert_module
-from mudpt_peft.convert import OFFICIAL_METHODS, convert_official, main
+from mudpt_peft.convert import OFFICIAL_METHODS, convert_official, detect_mudpt_linear_format, main
 
 from .conftest import make_clip, make_inputs
 
@@ -162,14 +162,31 @@ def maple(depth: int = 4, n_ctx: int = 2) -> Official:
     return official.frozen("prompt_learner")
 
 
-def mudpt_linear(deep: int = 3, n_ctx: int = 2, embed_dim: int = WT) -> Official:
-    """K = `deep` deep prompt sets; the official forward uses the first K-1 (layers 1..K-1)."""
+def mudpt_linear(deep: int = 2, n_ctx: int = 2, embed_dim: int = WT) -> Official:
+    """The current official `mudpt.py`: K = `deep` stacked deep prompt sets, all used (layers 1..K), one shared
+    `Linear` per direction, and the layer-0 `embed_projection` (text -> vision)."""
+    official = Official(seed=7)
+    official.prompt("mudpt_prompt_learner.ctx", "text", 0, n_ctx)
+    official.prompt("image_encoder.visual_ctx", "vision", 0, n_ctx)
+    official.stacked("mudpt_prompt_learner.deep_prompts", "text", deep, n_ctx)
+    official.stacked("image_encoder.visual_ctx_deep_prompts", "vision", deep, n_ctx)
+    official.linear("mudpt_prompt_learner.embed_projection", "text", WV, to=("vision", "first_projection"))
+    # without deep layers the shared maps are unused (officially they map empty tensors)
+    t2v, v2t = ("vision", "deep_projection"), ("text", "deep_projection")
+    official.linear("mudpt_prompt_learner.deep_projections", "text", WV, to=t2v if deep else None)
+    official.linear("image_encoder.visual_ctx_deep_projections", "vision", embed_dim, to=v2t if deep else None)
+    return official.frozen("mudpt_prompt_learner")
+
+
+def mudpt_linear_v1(deep: int = 3, n_ctx: int = 2, embed_dim: int = WT, all_used: bool = False) -> Official:
+    """The early official `mudpt.py`: K = `deep` per-layer deep prompt sets, of which it uses the first K-1 (layers
+    1..K-1; all K with `all_used`, as its revision 2b436f3 did), one `Linear` per deep layer and direction."""
     official = Official(seed=5)
     official.prompt("mudpt_prompt_learner.ctx", "text", 0, n_ctx)
     official.prompt("image_encoder.visual_ctx", "vision", 0, n_ctx)
     official.linear("mudpt_prompt_learner.embed_projection", "text", WV, to=None)  # never used officially
     for k in range(deep):
-        used = k < deep - 1
+        used = all_used or k < deep - 1
         official.prompt(f"mudpt_prompt_learner.deep_prompts.{k}", "text", k + 1 if used else None, n_ctx)
         official.prompt(f"image_encoder.visual_ctx_deep_prompts.{k}", "vision", k + 1 if used else None, n_ctx)
         t2v, v2t = ("vision", f"projections.{k}"), ("text", f"projections.{k}")
@@ -223,13 +240,62 @@ CASES: list[tuple[str, str, Callable[[], Official], dict, str | None]] = [
         None,
     ),
     ("maple", "MaPLe", maple, {"fusion": "text_to_vision", "n_ctx": 2, "depth": 4, "resolved_vision_depth": 4}, None),
-    ("mudpt-linear", "mudpt-linear", mudpt_linear, {"fusion": "linear", "n_ctx": 2, "depth": 3}, "never applies"),
+    ("mudpt-linear", "mudpt-linear", mudpt_linear, {"fusion": "linear", "linear_shared": True, "depth": 3}, None),
     (
-        "mudpt-linear-one-set",
+        "mudpt-linear-full-depth",
         "mudpt_linear",
-        lambda: mudpt_linear(deep=1),
-        {"fusion": "linear", "depth": 1},
+        lambda: mudpt_linear(deep=3, n_ctx=3),
+        {"linear_shared": True, "n_ctx": 3, "depth": 4},
+        None,
+    ),
+    (
+        "mudpt-linear-no-deep",
+        "MuDPT-Linear",
+        lambda: mudpt_linear(deep=0),
+        {"linear_shared": True, "depth": 1},
+        "unused",
+    ),
+    (
+        "mudpt-linear-v1",
+        "mudpt-linear-v1",
+        mudpt_linear_v1,
+        {"fusion": "linear", "linear_shared": False, "n_ctx": 2, "depth": 3},
         "never applies",
+    ),
+    (
+        "mudpt-linear-v1-detected",
+        "mudpt-linear",
+        mudpt_linear_v1,
+        {"fusion": "linear", "linear_shared": False, "n_ctx": 2, "depth": 3},
+        "never applies",
+    ),
+    (
+        "mudpt-linear-v1-one-set",
+        "mudpt_linear_v1",
+        lambda: mudpt_linear_v1(deep=1),
+        {"linear_shared": False, "depth": 1},
+        "never applies",
+    ),
+    (
+        "mudpt-linear-v1-2b436f3",
+        ("mudpt-linear", {"apply_last_deep_set": True}),
+        lambda: mudpt_linear_v1(deep=3, all_used=True),
+        {"linear_shared": False, "depth": 4},
+        None,
+    ),
+    (
+        "mudpt-linear-v1-2b436f3-explicit",
+        ("mudpt-linear-v1", {"apply_last_deep_set": True}),
+        lambda: mudpt_linear_v1(deep=2, n_ctx=3, all_used=True),
+        {"linear_shared": False, "depth": 3, "n_ctx": 3},
+        None,
+    ),
+    (
+        "mudpt-linear-v1-no-deep",
+        "mudpt-linear",
+        lambda: mudpt_linear_v1(deep=0),
+        {"linear_shared": False, "depth": 1},
+        None,
     ),
     ("mudpt", "mudpt", mudpt, {"fusion": "injection", "n_ctx": 2, "depth": 3, "injection_layers": 1}, None),
     ("mudpt-no-deep", "MuDPT", lambda: mudpt(deep=0), {"fusion": "injection", "depth": 1}, "unused"),
@@ -277,11 +343,12 @@ def assert_untouched(clip: CLIPModel, keys_before: set[str]) -> None:
     ids=[case[0] for case in CASES],
 )
 def test_convert_puts_every_tensor_in_place(tmp_path, method, make, expected_config, expected_warning):
+    method, kwargs = method if isinstance(method, tuple) else (method, {})
     official = make()
     inputs = make_inputs()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = convert_official(official.checkpoint(), method, make_clip())
+        model = convert_official(official.checkpoint(), method, make_clip(), **kwargs)
     messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     if expected_warning is None:
         assert not [m for m in messages if "never applies" in m or "unused" in m]
@@ -304,7 +371,8 @@ def test_convert_puts_every_tensor_in_place(tmp_path, method, make, expected_con
 
 
 def test_every_official_method_is_covered():
-    assert {case[1].lower().replace("_", "-") for case in CASES} == set(OFFICIAL_METHODS)
+    methods = {case[1][0] if isinstance(case[1], tuple) else case[1] for case in CASES}
+    assert {method.lower().replace("_", "-") for method in methods} == set(OFFICIAL_METHODS)
 
 
 @pytest.mark.parametrize("as_path", [str, Path])
@@ -470,7 +538,58 @@ ERRORS = [
         "embed-dim",
         lambda: mudpt_linear(embed_dim=24).checkpoint(),
         "mudpt-linear",
+        r"`image_encoder\.visual_ctx_deep_projections\.weight` has shape \(24, 48\).*CLIP's embed dim 24, but the "
+        "base model's text width is 32",
+    ),
+    (
+        "embed-dim-v1",
+        lambda: mudpt_linear_v1(embed_dim=24).checkpoint(),
+        "mudpt-linear",
         r"CLIP's embed dim 24, but the base model's text width is 32",
+    ),
+    (
+        "mudpt-linear-mixed-formats",
+        lambda: _with(mudpt_linear(), {"mudpt_prompt_learner.deep_prompts.0": torch.zeros(2, WT)}),
+        "mudpt-linear",
+        r"mixes the two formats .*per-layer keys \['mudpt_prompt_learner\.deep_prompts\.0'\] and the current "
+        r"format's stacked / shared keys \['image_encoder\.visual_ctx_deep_projections\.bias'",
+    ),
+    (
+        "mudpt-linear-v1-mixed-formats",
+        lambda: _with(mudpt_linear_v1(), {"image_encoder.visual_ctx_deep_projections.weight": torch.zeros(WT, WV)}),
+        "mudpt-linear-v1",
+        r"mixes the two formats",
+    ),
+    (
+        "mudpt-linear-current-as-v1",
+        lambda: mudpt_linear().checkpoint(),
+        "mudpt-linear-v1",
+        r"a checkpoint of the current official `trainers/mudpt\.py`.*pass method='mudpt-linear'",
+    ),
+    (
+        "mudpt-linear-deep-counts-differ",
+        lambda: _with(mudpt_linear(), {"image_encoder.visual_ctx_deep_prompts": torch.zeros(1, 2, WV)}),
+        "mudpt-linear",
+        r"`mudpt_prompt_learner\.deep_prompts` holds 2 deep prompt sets but `image_encoder\.visual_ctx_deep_prompts` "
+        "holds 1",
+    ),
+    (
+        "mudpt-linear-too-many-layers",
+        lambda: mudpt_linear(deep=4).checkpoint(),
+        "mudpt-linear",
+        r"`mudpt_prompt_learner\.deep_prompts` has shape \(4, 2, 32\).*expected at most \(3, 2, 32\)",
+    ),
+    (
+        "mudpt-linear-missing-layer-0-map",
+        lambda: _with(mudpt_linear(), {"mudpt_prompt_learner.embed_projection.bias": None}),
+        "mudpt-linear",
+        r"missing keys .*\['mudpt_prompt_learner\.embed_projection\.bias'\]",
+    ),
+    (
+        "mudpt-linear-wrong-shared-map",
+        lambda: _with(mudpt_linear(), {"mudpt_prompt_learner.deep_projections.weight": torch.zeros(2, WV, WT)}),
+        "mudpt-linear",
+        r"`mudpt_prompt_learner\.deep_projections\.weight` has shape \(2, 48, 32\), expected \(48, 32\)",
     ),
     (
         "no-room-for-text",
@@ -491,6 +610,24 @@ ERRORS = [
         r"`injection_heads` only applies to method='mudpt'",
     ),
     ("not-tensors", lambda: {"state_dict": {"ctx": [1.0, 2.0]}}, "coop", r"not a state dict of tensors: \['ctx'\]"),
+    (
+        "last-deep-set-for-another-method",
+        lambda: maple().checkpoint(),
+        ("maple", {"apply_last_deep_set": True}),
+        r"`apply_last_deep_set` only applies to early-format `mudpt\.py` checkpoints",
+    ),
+    (
+        "last-deep-set-for-the-current-format",
+        lambda: mudpt_linear().checkpoint(),
+        ("mudpt-linear", {"apply_last_deep_set": False}),
+        r"this one has the current format, whose forward applies every deep prompt set",
+    ),
+    (
+        "last-deep-set-beyond-the-model",
+        lambda: mudpt_linear_v1(deep=4, all_used=True).checkpoint(),
+        ("mudpt-linear", {"apply_last_deep_set": True}),
+        r"`mudpt_prompt_learner\.deep_prompts\.3` belongs to text layer 4, but the base model's text tower has 4",
+    ),
 ]
 
 
@@ -502,6 +639,37 @@ def test_clear_errors_leave_the_base_model_untouched(make, method, match):
     with pytest.raises(ValueError, match=match):
         convert_official(make(), method, clip, **kwargs)
     assert_untouched(clip, keys_before)
+
+
+def test_detect_mudpt_linear_format(tmp_path):
+    """The two formats of the official `mudpt.py` are told apart by their keys; a mix of both is refused."""
+    assert detect_mudpt_linear_format(mudpt_linear().checkpoint()) == "mudpt-linear"
+    assert detect_mudpt_linear_format(mudpt_linear(deep=0).state) == "mudpt-linear"  # (0, n, w) deep prompts
+    assert detect_mudpt_linear_format(mudpt_linear_v1().checkpoint()) == "mudpt-linear-v1"
+    assert detect_mudpt_linear_format(mudpt_linear_v1(deep=0).state) == "mudpt-linear-v1"  # no deep keys at all
+    path = tmp_path / "model.pth.tar-5"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in mudpt_linear().state.items()}}, path)
+    assert detect_mudpt_linear_format(path) == "mudpt-linear"
+    for garbled in (
+        _with(mudpt_linear(), {"mudpt_prompt_learner.deep_projections.0.weight": torch.zeros(WV, WT)}),
+        _with(mudpt_linear_v1(), {"image_encoder.visual_ctx_deep_prompts": torch.zeros(3, 2, WV)}),
+        {**mudpt_linear_v1().state, "module.mudpt_prompt_learner.deep_prompts": torch.zeros(3, 2, WT)},
+    ):
+        with pytest.raises(ValueError, match="mixes the two formats of the official `trainers/mudpt.py`"):
+            detect_mudpt_linear_format(garbled)
+
+
+def test_mudpt_linear_hints_treat_both_formats_as_one_method():
+    """Unknown keys in an early-format checkpoint converted as `mudpt-linear` give no "pass method=" hint; another
+    method's name on a `mudpt.py` checkpoint of either format points to `mudpt-linear`."""
+    with pytest.raises(ValueError, match="unknown keys") as error:
+        convert_official(
+            _with(mudpt_linear_v1(), {"mudpt_prompt_learner.mystery": torch.zeros(2)}), "mudpt-linear", make_clip()
+        )
+    assert "look like" not in str(error.value)
+    for make in (mudpt_linear, mudpt_linear_v1):
+        with pytest.raises(ValueError, match="look like a `mudpt-linear` checkpoint: pass method='mudpt-linear'"):
+            convert_official(make().checkpoint(), "ivlp", make_clip())
 
 
 def test_dassl_checkpoint_with_a_pickled_lr_scheduler_loads(tmp_path):
@@ -602,3 +770,21 @@ def test_cli_reports_errors(tmp_path, capsys):
     assert exit_info.value.code == 1
     assert "error: Cannot convert" in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_cli_mudpt_linear_formats(tmp_path, capsys):
+    """`--method mudpt-linear` converts either format; `--apply-last-deep-set` is the early format as 2b436f3 ran it."""
+    base_dir = tmp_path / "base"
+    make_clip().save_pretrained(base_dir)
+    for name, official, extra, depth in (
+        ("current", mudpt_linear(deep=2), [], 3),
+        ("early", mudpt_linear_v1(deep=3, all_used=True), ["--apply-last-deep-set"], 4),
+    ):
+        checkpoint = tmp_path / f"{name}.pth.tar-5"
+        torch.save(official.checkpoint(), checkpoint)
+        output = tmp_path / name
+        args = ["--method", "mudpt-linear", "--checkpoint", str(checkpoint), "--base", str(base_dir)]
+        assert main([*args, "--output", str(output), *extra]) == 0
+        assert f"depth={depth}" in capsys.readouterr().out
+        loaded = PeftModel.from_pretrained(CLIPModel.from_pretrained(base_dir).eval(), output)
+        assert_converted(loaded, official)
