@@ -43,13 +43,14 @@ from transformers.utils import logging as hf_logging
 from mudpt_peft import PromptTuningTrainer, default_training_arguments
 from mudpt_peft.data import base_to_new, few_shot
 from mudpt_peft.evaluation import evaluate, harmonic_mean
+from mudpt_peft.methods import METHODS as TUNED_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 import tiny_clip_data  # noqa: E402
 from fewshot import EMBEDDED_MODEL, preset  # noqa: E402
 
-METHODS = ("zero-shot", "coop", "vpt", "ivlp", "maple", "mudpt-linear", "mudpt", "cross-attention")
+METHODS = ("zero-shot", *TUNED_METHODS)
 TASKS = ("digits8x8", "fashion_inverted", "animal_lowres", "animal_base_to_new")
 
 

@@ -13,6 +13,7 @@ from peft.config import PeftConfig
 from ._peft_type import MUDPT_PEFT_TYPE
 from .adapter_files import SAFETENSORS_WEIGHTS_NAME, TENSORS_FINGERPRINT_KEY, WEIGHTS_FINGERPRINT_KEY, load_config
 from .fusion import FUSIONS
+from .methods import METHODS, normalize_method
 
 
 def _check_int(name: str, value: object, minimum: int, optional: bool = False) -> None:
@@ -34,7 +35,8 @@ class MuDPTConfig(PeftConfig):
 
     The same tuner also runs the methods MuDPT is compared with, as configurations (see [`MuDPTConfig.for_method`]):
     CoOp (text prompts only), VPT (vision prompts only), IVLP (both, uncoupled), MaPLe (vision prompts mapped from
-    the text prompts) and MuDPT's linear variant, plus a cross-attention coupling.
+    the text prompts) and the two revisions of MuDPT's linear variant, plus a cross-attention coupling
+    (`mudpt_peft.methods.METHODS`).
 
     Args:
         text_prompts (`bool`, defaults to `True`):
@@ -43,9 +45,10 @@ class MuDPTConfig(PeftConfig):
             Whether the vision tower gets prompts (with `fusion="text_to_vision"` they are mapped from the text
             prompts instead of learned).
         fusion (`str`, defaults to `"injection"`):
-            How the towers' prompts are coupled: `"injection"` (MuDPT's Injection Model), `"linear"` (the official
-            `mudpt.py` variant, see `linear_shared`), `"text_to_vision"` (MaPLe), `"none"` (independent prompts) or
-            `"cross_attention"`.
+            How the towers' prompts are coupled (`mudpt_peft.fusion.FUSIONS`): `"injection"` (MuDPT's Injection
+            Model), `"shared_linear"` (the current official `mudpt.py`: one map per direction for the deep layers and
+            a text-to-vision map at layer 0), `"linear"` (its early revisions: one map per deep layer and direction),
+            `"text_to_vision"` (MaPLe), `"none"` (independent prompts) or `"cross_attention"`.
         depth (`int`, defaults to 9):
             Number of layers that get prompts, counting the input layer: prompts are used at layers `0..depth-1`, i.e.
             `depth - 1` deep prompt sets (`PROMPT_DEPTH` in the official code).
@@ -74,14 +77,17 @@ class MuDPTConfig(PeftConfig):
             Hidden size of the blocks' MLP as a multiple of the source width.
         injection_dropout (`float`, defaults to 0.0):
             Dropout on the attention weights and the residual branches of the Injection Model blocks.
+        injection_init_std (`float`, defaults to 0.02):
+            Standard deviation of the normal initialisation of the Injection Model's weights.
+        cross_attention_heads (`int`, *optional*):
+            Attention heads of `fusion="cross_attention"`; defaults to `width // 64` (at least 1) of the target tower.
+        cross_attention_dropout (`float`, defaults to 0.0):
+            Dropout on the attention weights of `fusion="cross_attention"`.
         prompt_init_std (`float`, defaults to 0.02):
-            Standard deviation of the normal initialisation of the prompts (and of the Injection Model's weights).
-        linear_shared (`bool`, defaults to `False`):
-            Which of the two official `mudpt.py` revisions `fusion="linear"` follows. `True`: one linear map per
-            direction shared by all deep layers, plus a text-to-vision map at layer 0 (the current official code,
-            preset `"mudpt-linear"`). `False`: one linear map per deep layer and direction, layer 0 uncoupled (the
-            early official code, preset `"mudpt-linear-v1"`); the default, so that configs saved before this field
-            existed keep their meaning. Only valid with `fusion="linear"`.
+            Standard deviation of the normal initialisation of the prompts.
+
+    Configs saved before `cross_attention_heads` / `cross_attention_dropout` existed kept those settings in
+    `injection_heads` / `injection_dropout`; they are read into the new fields, so such adapters load unchanged.
     """
 
     text_prompts: bool = field(default=True, metadata={"help": "Whether the text tower gets learned prompts."})
@@ -121,19 +127,25 @@ class MuDPTConfig(PeftConfig):
         default=4.0, metadata={"help": "MLP width of the Injection Model blocks / width."}
     )
     injection_dropout: float = field(default=0.0, metadata={"help": "Dropout inside the Injection Model blocks."})
-    prompt_init_std: float = field(default=0.02, metadata={"help": "Std of the normal initialisation of the prompts."})
-    linear_shared: bool = field(
-        default=False,
-        metadata={
-            "help": "With fusion='linear': True for one map per direction shared by the deep layers plus a layer-0 "
-            "text-to-vision map (current official mudpt.py), False for one map per deep layer and direction, layer 0 "
-            "uncoupled (early official mudpt.py)."
-        },
+    injection_init_std: float = field(
+        default=0.02, metadata={"help": "Std of the normal initialisation of the Injection Model's weights."}
     )
+    cross_attention_heads: int | None = field(
+        default=None, metadata={"help": "Attention heads of fusion='cross_attention' (default: width // 64)."}
+    )
+    cross_attention_dropout: float = field(
+        default=0.0, metadata={"help": "Dropout on the attention weights of fusion='cross_attention'."}
+    )
+    prompt_init_std: float = field(default=0.02, metadata={"help": "Std of the normal initialisation of the prompts."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = MUDPT_PEFT_TYPE
+        if self.fusion == "cross_attention":  # saved before the cross-attention fields existed
+            if self.cross_attention_heads is None and self.injection_heads is not None:
+                self.cross_attention_heads, self.injection_heads = self.injection_heads, None
+            if self.cross_attention_dropout == 0.0 and self.injection_dropout:
+                self.cross_attention_dropout, self.injection_dropout = self.injection_dropout, 0.0
         _check_int("depth", self.depth, 1)
         _check_int("text_depth", self.text_depth, 1, optional=True)
         _check_int("vision_depth", self.vision_depth, 1, optional=True)
@@ -143,10 +155,15 @@ class MuDPTConfig(PeftConfig):
         _check_int("injection_heads", self.injection_heads, 1, optional=True)
         if not (isinstance(self.injection_mlp_ratio, (int, float)) and self.injection_mlp_ratio > 0):
             raise ValueError(f"`injection_mlp_ratio` must be a number > 0, got {self.injection_mlp_ratio!r}.")
-        if not (isinstance(self.injection_dropout, (int, float)) and 0.0 <= self.injection_dropout < 1.0):
-            raise ValueError(f"`injection_dropout` must be in [0, 1), got {self.injection_dropout!r}.")
-        if not (isinstance(self.prompt_init_std, (int, float)) and self.prompt_init_std > 0):
-            raise ValueError(f"`prompt_init_std` must be a number > 0, got {self.prompt_init_std!r}.")
+        _check_int("cross_attention_heads", self.cross_attention_heads, 1, optional=True)
+        for name in ("injection_dropout", "cross_attention_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+                raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
+        for name in ("prompt_init_std", "injection_init_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"`{name}` must be a number > 0, got {value!r}.")
         if self.ctx_init is not None and (not isinstance(self.ctx_init, str) or not self.ctx_init.strip()):
             raise ValueError(f"`ctx_init` must be a non-empty string such as 'a photo of a', got {self.ctx_init!r}.")
         if self.ctx_init_token_ids is not None:
@@ -165,35 +182,37 @@ class MuDPTConfig(PeftConfig):
         self._check_method()
 
     def _check_method(self) -> None:
-        for name in ("text_prompts", "vision_prompts", "linear_shared"):
+        """The towers and the coupling fit together, as the fusion declares (see `mudpt_peft.fusion.Fusion`)."""
+        for name in ("text_prompts", "vision_prompts"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
-        if self.fusion not in FUSIONS:
+        fusion = FUSIONS.get(self.fusion) if isinstance(self.fusion, str) else None
+        if fusion is None:
             raise ValueError(f"`fusion` must be one of {', '.join(FUSIONS)}; got {self.fusion!r}.")
-        if self.linear_shared and self.fusion != "linear":
-            raise ValueError(
-                "`linear_shared=True` chooses between the two `fusion='linear'` variants, but "
-                f"`fusion`={self.fusion!r}."
-            )
         if not self.text_prompts and (self.ctx_init is not None or self.ctx_init_token_ids is not None):
             raise ValueError("`ctx_init` initialises text prompts, but `text_prompts=False`.")
         if not (self.text_prompts or self.vision_prompts):
             raise ValueError("`text_prompts` and `vision_prompts` are both False: at least one tower needs prompts.")
-        if self.fusion != "none" and not (self.text_prompts and self.vision_prompts):
+        if fusion.couples and not (self.text_prompts and self.vision_prompts):
             raise ValueError(
                 f"`fusion`={self.fusion!r} couples the two towers, so it needs `text_prompts=True` and "
                 "`vision_prompts=True`; use `fusion='none'` for prompts in one tower only."
             )
-        if self.fusion in ("injection", "linear", "text_to_vision") and self.resolved_vision_n_ctx != self.n_ctx:
+        if fusion.maps_tokens and self.resolved_vision_n_ctx != self.n_ctx:
             raise ValueError(
                 f"`fusion`={self.fusion!r} maps each text prompt token to a visual prompt token, so `vision_n_ctx` "
                 f"({self.vision_n_ctx}) must equal `n_ctx` ({self.n_ctx}); leave `vision_n_ctx=None` to follow it."
             )
-        if self.fusion == "text_to_vision" and self.vision_depth not in (None, self.resolved_text_depth):
+        if fusion.derives_vision_prompts and self.vision_depth not in (None, self.resolved_text_depth):
             raise ValueError(
-                f"`fusion`='text_to_vision' derives every vision layer's prompts from the text prompts of that layer, "
+                f"`fusion`={self.fusion!r} derives every vision layer's prompts from the text prompts of that layer, "
                 f"so `vision_depth` ({self.vision_depth}) must equal the text depth ({self.resolved_text_depth})."
             )
+
+    @property
+    def learns_vision_prompts(self) -> bool:
+        """Whether the vision tower has learned prompts of its own (not when the fusion derives them)."""
+        return self.vision_prompts and not FUSIONS[self.fusion].derives_vision_prompts
 
     @property
     def resolved_text_depth(self) -> int:
@@ -207,7 +226,7 @@ class MuDPTConfig(PeftConfig):
         """The number of vision layers that get prompts (`vision_depth`, else `depth`; 0 without vision prompts)."""
         if not self.vision_prompts:
             return 0
-        if self.fusion == "text_to_vision":
+        if FUSIONS[self.fusion].derives_vision_prompts:
             return self.resolved_text_depth
         return self.depth if self.vision_depth is None else self.vision_depth
 
@@ -284,16 +303,18 @@ class MuDPTConfig(PeftConfig):
     def for_method(cls, method: str, **overrides) -> MuDPTConfig:
         """A config for one of the prompt-learning methods, with its paper's defaults; `overrides` replace any field.
 
-        | method | towers | coupling | depth | n_ctx |
+        | method | towers | coupling (`fusion`) | depth | n_ctx |
         | --- | --- | --- | --- | --- |
         | `"coop"` | text | none | 1 | 16 (4 with `ctx_init`) |
         | `"vpt"` | vision | none | 12 | 8 (`vision_n_ctx`) |
         | `"ivlp"` | both | none | 9 | 2 |
         | `"maple"` | both | text_to_vision | 9 | 2 |
         | `"mudpt"` | both | injection | 9 | 2 |
-        | `"mudpt-linear"` | both | linear, shared maps and layer 0 (`linear_shared=True`) | 9 | 2 |
-        | `"mudpt-linear-v1"` | both | linear, per-layer maps (`linear_shared=False`) | 9 | 2 |
+        | `"mudpt-linear"` | both | shared_linear (current official `mudpt.py`) | 9 | 2 |
+        | `"mudpt-linear-v1"` | both | linear (its early revisions) | 9 | 2 |
         | `"cross-attention"` | both | cross_attention | 9 | 2 |
+
+        The presets are the rows of `mudpt_peft.methods.METHODS`.
 
         Args:
             method (`str`): One of the names above (case-insensitive; `_` and `-` are interchangeable).
@@ -305,29 +326,8 @@ class MuDPTConfig(PeftConfig):
             >>> config = MuDPTConfig.for_method("maple", ctx_init="a photo of a")
             ```
         """
-        key = method.lower().replace("_", "-")
-        if key not in METHOD_PRESETS:
-            raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHOD_PRESETS)}.")
-        settings = dict(METHOD_PRESETS[key])
-        if (
-            key == "coop"
-            and "n_ctx" not in overrides
-            and (overrides.get("ctx_init") or overrides.get("ctx_init_token_ids"))
-        ):
-            settings["n_ctx"] = 4
-        settings.update(overrides)
-        return cls(**settings)
+        return cls(**METHODS[normalize_method(method)].config_fields(overrides))
 
 
-#: The settings of each named method (see [`MuDPTConfig.for_method`]).
-METHOD_PRESETS: dict[str, dict] = {
-    "coop": {"text_prompts": True, "vision_prompts": False, "fusion": "none", "depth": 1, "n_ctx": 16},
-    "vpt": {"text_prompts": False, "vision_prompts": True, "fusion": "none", "depth": 12, "vision_n_ctx": 8},
-    "ivlp": {"fusion": "none", "depth": 9, "n_ctx": 2},
-    "maple": {"fusion": "text_to_vision", "depth": 9, "n_ctx": 2},
-    "mudpt": {"fusion": "injection", "depth": 9, "n_ctx": 2},
-    # the current official `trainers/mudpt.py` ("3. finish uumudpt" on) and its early revisions (see docs/methods.md)
-    "mudpt-linear": {"fusion": "linear", "linear_shared": True, "depth": 9, "n_ctx": 2},
-    "mudpt-linear-v1": {"fusion": "linear", "linear_shared": False, "depth": 9, "n_ctx": 2},
-    "cross-attention": {"fusion": "cross_attention", "depth": 9, "n_ctx": 2},
-}
+#: The settings of each named method (see [`MuDPTConfig.for_method`] and `mudpt_peft.methods.METHODS`).
+METHOD_PRESETS: dict[str, dict] = {name: dict(method.preset) for name, method in METHODS.items()}

@@ -36,10 +36,11 @@ from transformers import CLIPModel
 
 from .config import MuDPTConfig
 from .families import get_family_spec
+from .methods import METHODS, normalize_method
 from .model import refuse_wrapped, validate_against_model
 
 #: The methods whose official checkpoints [`convert_official`] reads.
-OFFICIAL_METHODS: tuple[str, ...] = ("coop", "vpt", "ivlp", "maple", "mudpt-linear", "mudpt-linear-v1", "mudpt")
+OFFICIAL_METHODS: tuple[str, ...] = tuple(name for name, method in METHODS.items() if method.official)
 
 # Frozen weights the official trainers save along with the prompts (they register the whole model): the OpenAI CLIP
 # weights under `image_encoder.` / `text_encoder.`, `logit_scale`, and the prompt learners' token-embedding buffers.
@@ -128,14 +129,14 @@ def convert_official(
     - `mudpt-linear` (`YzM1a0/MuDPT` `trainers/mudpt.py`) reads a checkpoint of either revision of that file, told
       apart by its keys ([`detect_mudpt_linear_format`]; keys of both formats at once are refused). The current
       format (commit "3. finish uumudpt", `8d7fbb7`, and later; `K` deep sets) converts to the preset
-      `mudpt-linear` (`linear_shared=True`), depth `K + 1`: `mudpt_prompt_learner.ctx` -> `T[0]`;
+      `mudpt-linear` (`fusion="shared_linear"`), depth `K + 1`: `mudpt_prompt_learner.ctx` -> `T[0]`;
       `image_encoder.visual_ctx` -> `V[0]`; `mudpt_prompt_learner.deep_prompts` `(K, n, w_t)` -> `T[1..K]`;
       `image_encoder.visual_ctx_deep_prompts` `(K, n, w_v)` -> `V[1..K]`; `mudpt_prompt_learner.embed_projection`
       (text -> vision, layer 0) -> vision fusion `first_projection`; `mudpt_prompt_learner.deep_projections` (one
       `Linear` text -> vision for all deep layers) -> vision fusion `deep_projection`;
       `image_encoder.visual_ctx_deep_projections` (vision -> text) -> text fusion `deep_projection`.
     - `mudpt-linear`, early format (the commits before "3. finish uumudpt"; `K` deep sets): converts to the preset
-      `mudpt-linear-v1` (`linear_shared=False`), depth `K`: `mudpt_prompt_learner.ctx` -> `T[0]`;
+      `mudpt-linear-v1` (`fusion="linear"`), depth `K`: `mudpt_prompt_learner.ctx` -> `T[0]`;
       `image_encoder.visual_ctx` -> `V[0]`; `mudpt_prompt_learner.deep_prompts.{k}` -> `T[k+1]`;
       `image_encoder.visual_ctx_deep_prompts.{k}` -> `V[k+1]`; `mudpt_prompt_learner.deep_projections.{k}` ->
       vision fusion `projections[k]`; `image_encoder.visual_ctx_deep_projections.{k}` -> text fusion
@@ -259,10 +260,7 @@ def convert_official(
 
 
 def _normalize_method(method: str) -> str:
-    key = method.lower().replace("_", "-") if isinstance(method, str) else None
-    if key not in OFFICIAL_METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(OFFICIAL_METHODS)}.")
-    return key
+    return normalize_method(method, allowed=dict.fromkeys(OFFICIAL_METHODS))
 
 
 def _torch_training_state_classes() -> list[type]:

@@ -8,24 +8,33 @@ derives them entirely from the other tower) and the other tower's learned prompt
 | --- | --- | --- |
 | `"none"` (IVLP, CoOp, VPT) | `T_j` | `V_j` |
 | `"injection"` (MuDPT, `uumudpt.py`) | `T_0`; `T_j + V2T(V)_j`, `j >= 1` | `V_j + T2V(T)_j` |
-| `"linear"`, shared (`mudpt.py` now) | `T_0`; `T_j + L^v2t(V_j)`, `j >= 1` | `V_0 + L^t2v_0(T_0)`; `V_j + L^t2v(T_j)` |
-| `"linear"`, per layer (early `mudpt.py`) | `T_0`; `T_j + L^v2t_j(V_j)`, `j >= 1` | `V_0`; `V_j + L^t2v_j(T_j)` |
+| `"shared_linear"` (`mudpt.py`) | `T_0`; `T_j + L^v2t(V_j)`, `j >= 1` | `V_0 + L^t2v_0(T_0)`; `V_j + L^t2v(T_j)` |
+| `"linear"` (early `mudpt.py`) | `T_0`; `T_j + L^v2t_j(V_j)`, `j >= 1` | `V_0`; `V_j + L^t2v_j(T_j)` |
 | `"text_to_vision"` (MaPLe) | `T_j` | `Linear_j(T_j)` (no own vision prompts) |
 | `"cross_attention"` | `T_j + CrossAttn(q=T_j, kv=V_j)` | `V_j + CrossAttn(q=V_j, kv=T_j)` |
 
-"shared" is `linear_shared=True` (one map per direction for all deep layers, `j >= 1`, and a layer-0 map); "per
-layer" is `linear_shared=False`. Coupling applies to the layers both towers prompt (`j < min(text_depth,
-vision_depth)`); deeper layers use their learned prompts alone.
+`"shared_linear"` has one map per direction for all deep layers (`j >= 1`) and a text-to-vision map at layer 0;
+`"linear"` one map per deep layer and direction. Coupling applies to the layers both towers prompt (`j <
+min(text_depth, vision_depth)`); deeper layers use their learned prompts alone.
+
+Each `fusion` name is a [`Fusion`] in [`FUSIONS`]: a small class that declares what the method needs of the config
+(both towers prompted, one visual token per text token, vision prompts derived from the text ones, attention heads
+that divide a width) and builds the module of each target tower. The config's checks and the tuner's construction
+are loops over these declarations (modelled on peft's `LoraVariant`), so a new coupling is one class here.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from .injection import InjectionModel, check_heads, multi_head_attention
 
-FUSIONS = ("injection", "linear", "text_to_vision", "none", "cross_attention")
+if TYPE_CHECKING:
+    from .config import MuDPTConfig
 
 
 def _add_to_layers(own: torch.Tensor, delta: torch.Tensor, start: int) -> torch.Tensor:
@@ -68,8 +77,8 @@ class LinearFusion(nn.Module):
     """The early official `mudpt.py` variant: one linear map per deep layer and direction, no coupling at layer 0.
 
     `own_j + projections[j-1](other_j)` for the deep layers `1 <= j < min(depths)`; layer 0 uses the learned prompts
-    alone (that code builds a layer-0 projection but never uses it). `MuDPTConfig(fusion="linear")` with
-    `linear_shared=False`, the preset `"mudpt-linear-v1"`.
+    alone (that code builds a layer-0 projection but never uses it). `MuDPTConfig(fusion="linear")`, the preset
+    `"mudpt-linear-v1"`.
 
     Args:
         source_width (`int`): Width of the other tower's prompts.
@@ -101,8 +110,7 @@ class SharedLinearFusion(nn.Module):
 
     `own_0 + first_projection(other_0)` at layer 0 (when `first_layer`), `own_j + deep_projection(other_j)` for the
     deep layers `1 <= j < min(depths)` (when `deep`). The official code has the layer-0 map on the vision side only
-    (`embed_projection`, text -> vision). `MuDPTConfig(fusion="linear", linear_shared=True)`, the preset
-    `"mudpt-linear"`.
+    (`embed_projection`, text -> vision). `MuDPTConfig(fusion="shared_linear")`, the preset `"mudpt-linear"`.
 
     Args:
         source_width (`int`): Width of the other tower's prompts.
@@ -209,3 +217,173 @@ class CrossAttentionFusion(nn.Module):
         dropout = self.dropout if self.training else 0.0
         attended = multi_head_attention(self.query(self.ln_query(queries)), keys, values, self.num_heads, dropout)
         return _add_to_layers(own, self.out_proj(attended), 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the fusions a config can name
+
+
+def default_heads(width: int) -> int:
+    """The default attention head count for a width: `width // 64`, at least 1 (CLIP's head width)."""
+    return max(1, width // 64)
+
+
+@dataclass(frozen=True)
+class FusionSide:
+    """What building the fusion module of one target tower needs.
+
+    Args:
+        target (`str`): `"text"` or `"vision"`, the tower whose prompts the module returns.
+        source_width (`int`): Width of the other tower's prompts.
+        target_width (`int`): Width of the target tower's prompts.
+        shared_depth (`int`): Number of layers both towers prompt.
+        target_depth (`int`): Number of layers the target tower prompts.
+        factory (`dict`): `device` and `dtype` of the target tower's weights.
+    """
+
+    target: str
+    source_width: int
+    target_width: int
+    shared_depth: int
+    target_depth: int
+    factory: dict[str, Any]
+
+
+class Fusion:
+    """A coupling of the two towers' prompts, as `MuDPTConfig(fusion=name)` names it.
+
+    Subclasses declare what they need of a config and build one module per prompted tower (see [`FusionSide`]);
+    [`MuDPTConfig`] checks the declarations, the tuner calls [`Fusion.build`].
+    """
+
+    #: The `fusion` value.
+    name: ClassVar[str]
+    #: Whether both towers must have prompts.
+    couples: ClassVar[bool] = True
+    #: Whether text token i feeds visual token i, so that `vision_n_ctx` must equal `n_ctx`.
+    maps_tokens: ClassVar[bool] = False
+    #: Whether the vision prompts are computed from the text prompts (no learned vision prompts; vision depth = text
+    #: depth).
+    derives_vision_prompts: ClassVar[bool] = False
+
+    @classmethod
+    def head_counts(cls, config: MuDPTConfig, widths: dict[str, int]) -> list[tuple[str, int, int]]:
+        """`(config field, heads, width)` for each attention over a width that the heads must divide."""
+        return []
+
+    @classmethod
+    def build(cls, config: MuDPTConfig, side: FusionSide) -> nn.Module:
+        """The fusion module of `side.target`."""
+        raise NotImplementedError
+
+
+class NoCoupling(Fusion):
+    """Independent prompts: IVLP with both towers, CoOp (text only), VPT (vision only)."""
+
+    name = "none"
+    couples = False
+
+    @classmethod
+    def build(cls, config: MuDPTConfig, side: FusionSide) -> nn.Module:
+        return NoFusion()
+
+
+class Injection(Fusion):
+    """MuDPT's Injection Model per direction (a transformer block and a linear head); text layer 0 gets none."""
+
+    name = "injection"
+    maps_tokens = True
+
+    @classmethod
+    def head_counts(cls, config: MuDPTConfig, widths: dict[str, int]) -> list[tuple[str, int, int]]:
+        if config.injection_layers == 0:
+            return []
+        return [("injection_heads", config.injection_heads or default_heads(w), w) for w in widths.values()]
+
+    @classmethod
+    def build(cls, config: MuDPTConfig, side: FusionSide) -> nn.Module:
+        if side.target == "text" and side.shared_depth <= 1:
+            # nothing to fuse: a parameter without gradient would also break DDP without find_unused_parameters
+            return NoFusion()
+        return InjectionFusion(
+            skip_first=side.target == "text",
+            source_width=side.source_width,
+            target_width=side.target_width,
+            num_layers=config.injection_layers,
+            num_heads=config.injection_heads or default_heads(side.source_width),
+            mlp_ratio=config.injection_mlp_ratio,
+            dropout=config.injection_dropout,
+            init_std=config.injection_init_std,
+            **side.factory,
+        )
+
+
+class SharedLinear(Fusion):
+    """The current official `mudpt.py`: one linear map per direction shared by the deep layers, and a text-to-vision
+    map at layer 0."""
+
+    name = "shared_linear"
+    maps_tokens = True
+
+    @classmethod
+    def build(cls, config: MuDPTConfig, side: FusionSide) -> nn.Module:
+        first_layer, deep = side.target == "vision", side.shared_depth > 1
+        if not (first_layer or deep):
+            return NoFusion()
+        return SharedLinearFusion(
+            side.source_width, side.target_width, first_layer=first_layer, deep=deep, **side.factory
+        )
+
+
+class PerLayerLinear(Fusion):
+    """The early official `mudpt.py`: one linear map per deep layer and direction, layer 0 uncoupled."""
+
+    name = "linear"
+    maps_tokens = True
+
+    @classmethod
+    def build(cls, config: MuDPTConfig, side: FusionSide) -> nn.Module:
+        if side.shared_depth <= 1:
+            return NoFusion()
+        return LinearFusion(side.source_width, side.target_width, side.shared_depth - 1, **side.factory)
+
+
+class TextToVision(Fusion):
+    """MaPLe: the vision prompts of each layer are a linear map of that layer's text prompts."""
+
+    name = "text_to_vision"
+    maps_tokens = True
+    derives_vision_prompts = True
+
+    @classmethod
+    def build(cls, config: MuDPTConfig, side: FusionSide) -> nn.Module:
+        if side.target == "text":
+            return NoFusion()
+        return TextToVisionFusion(side.source_width, side.target_width, side.target_depth, **side.factory)
+
+
+class CrossAttention(Fusion):
+    """Cross-modal attention per layer: each tower's prompts attend over the other tower's (zero-initialised output,
+    so training starts from the uncoupled prompts)."""
+
+    name = "cross_attention"
+
+    @classmethod
+    def head_counts(cls, config: MuDPTConfig, widths: dict[str, int]) -> list[tuple[str, int, int]]:
+        return [
+            ("cross_attention_heads", config.cross_attention_heads or default_heads(w), w) for w in widths.values()
+        ]
+
+    @classmethod
+    def build(cls, config: MuDPTConfig, side: FusionSide) -> nn.Module:
+        heads = config.cross_attention_heads or default_heads(side.target_width)
+        return CrossAttentionFusion(
+            side.target_width, side.source_width, heads, config.cross_attention_dropout, **side.factory
+        )
+
+
+#: Every `fusion` a config can name, by name.
+FUSIONS: dict[str, type[Fusion]] = {
+    fusion.name: fusion
+    for fusion in (Injection, SharedLinear, PerLayerLinear, TextToVision, NoCoupling, CrossAttention)
+}

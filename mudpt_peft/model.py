@@ -22,14 +22,7 @@ from .adapter_files import TENSORS_FINGERPRINT_KEY, adapter_fingerprint, mismatc
 from .compat import base_model_record, check_base_model
 from .config import MuDPTConfig
 from .families import FamilySpec, get_family_spec
-from .fusion import (
-    CrossAttentionFusion,
-    InjectionFusion,
-    LinearFusion,
-    NoFusion,
-    SharedLinearFusion,
-    TextToVisionFusion,
-)
+from .fusion import FUSIONS, FusionSide
 from .layer import (
     MuDPTDeepPromptLayer,
     MuDPTLayer,
@@ -40,10 +33,7 @@ from .layer import (
     MuDPTVisionTower,
     refuse_merge,
 )
-
-
-def _default_heads(width: int) -> int:
-    return max(1, width // 64)
+from .methods import card_tags
 
 
 class MuDPTModel(BaseTuner):
@@ -146,8 +136,6 @@ class MuDPTModel(BaseTuner):
     def _post_injection_hook(self, model: nn.Module, config: MuDPTConfig, adapter_name: str) -> None:
         """Tag the base model (`add_model_tags`): peft's model card and transformers' `push_to_hub` card list the
         base model's `model_tags`, so a plain `save_pretrained` / `push_to_hub` of a MuDPT adapter is tagged too."""
-        from .model_card import card_tags
-
         add_model_tags = getattr(model, "add_model_tags", None)
         if callable(add_model_tags):
             add_model_tags(card_tags(model, [config]))
@@ -326,13 +314,12 @@ def validate_against_model(config: MuDPTConfig, model: nn.Module, spec: FamilySp
                 f"`{field_name}`={depth} is larger than the {tower} tower's {geometry[f'{tower}_layers']} layers; "
                 f"allowed: 1..{geometry[f'{tower}_layers']}."
             )
-    uses_heads = config.fusion == "cross_attention" or (config.fusion == "injection" and config.injection_layers > 0)
-    for modality in ("text", "vision") if uses_heads else ():
-        width = geometry[f"{modality}_width"]
-        heads = config.injection_heads or _default_heads(width)
+    widths = {"text": geometry["text_width"], "vision": geometry["vision_width"]}
+    for field_name, heads, width in FUSIONS[config.fusion].head_counts(config, widths):
         if width % heads != 0:
+            modality = "text" if width == widths["text"] else "vision"
             raise ValueError(
-                f"`injection_heads`={heads} does not divide the {modality} width {width}; choose a head count that "
+                f"`{field_name}`={heads} does not divide the {modality} width {width}; choose a head count that "
                 f"divides both widths ({geometry['text_width']} and {geometry['vision_width']})."
             )
     max_positions = spec.text_config(model).max_position_embeddings
@@ -414,7 +401,7 @@ def _init_prompts(
     }
     learned: dict[str, torch.Tensor | None] = {}
     for modality, tower in towers.items():
-        if modality == "vision" and config.fusion == "text_to_vision":
+        if modality == "vision" and not config.learns_vision_prompts:
             learned[modality] = None
             continue
         prompts = torch.empty(shapes[modality], **_factory(tower))
@@ -428,55 +415,18 @@ def _init_prompts(
 
 
 def _make_fusions(config: MuDPTConfig, geometry: dict[str, int], towers: dict[str, MuDPTTower]) -> dict[str, nn.Module]:
-    """The fusion module of each prompted tower, for `config.fusion` (see `mudpt_peft.fusion`)."""
-    if config.fusion == "none":
-        return {modality: NoFusion() for modality in towers}
+    """The fusion module of each prompted tower, built by the config's [`~mudpt_peft.fusion.Fusion`]."""
+    fusion = FUSIONS[config.fusion]
     widths = {"text": geometry["text_width"], "vision": geometry["vision_width"]}
-    # text layer 0 is never fused (except by cross-attention); without a shared deep layer the text side has nothing
-    # to fuse, and a parameter that never receives a gradient would also break DDP without find_unused_parameters
-    shared_depth = min(config.resolved_text_depth, config.resolved_vision_depth)
-    shared_deep = shared_depth > 1
-    fusions: dict[str, nn.Module] = {}
-    for target, source in (("text", "vision"), ("vision", "text")):
+    depths = {"text": config.resolved_text_depth, "vision": config.resolved_vision_depth}
+    shared_depth = min(depths.values())
+    modules: dict[str, nn.Module] = {}
+    for target in towers:
+        source = "vision" if target == "text" else "text"
         factory = _factory(towers[target])
-        source_width, target_width = widths[source], widths[target]
-        if config.fusion == "injection":
-            if target == "text" and not shared_deep:
-                fusions[target] = NoFusion()
-                continue
-            fusion = InjectionFusion(
-                skip_first=target == "text",
-                source_width=source_width,
-                target_width=target_width,
-                num_layers=config.injection_layers,
-                num_heads=config.injection_heads or _default_heads(source_width),
-                mlp_ratio=config.injection_mlp_ratio,
-                dropout=config.injection_dropout,
-                init_std=config.prompt_init_std,
-                **factory,
-            )
-        elif config.fusion == "linear" and config.linear_shared:
-            # the current official mudpt.py: a layer-0 map on the vision side only, one shared map for the deep layers
-            first_layer = target == "vision"
-            fusion = (
-                SharedLinearFusion(source_width, target_width, first_layer=first_layer, deep=shared_deep, **factory)
-                if first_layer or shared_deep
-                else NoFusion()
-            )
-        elif config.fusion == "linear":  # the early official mudpt.py: one map per deep layer, layer 0 uncoupled
-            layers = shared_depth - 1
-            fusion = LinearFusion(source_width, target_width, layers, **factory) if shared_deep else NoFusion()
-        elif config.fusion == "text_to_vision":
-            fusion = (
-                NoFusion()
-                if target == "text"
-                else TextToVisionFusion(source_width, target_width, config.resolved_vision_depth, **factory)
-            )
-        else:  # cross_attention
-            heads = config.injection_heads or _default_heads(target_width)
-            fusion = CrossAttentionFusion(target_width, source_width, heads, config.injection_dropout, **factory)
-        fusions[target] = fusion
-    return fusions
+        side = FusionSide(target, widths[source], widths[target], shared_depth, depths[target], factory)
+        modules[target] = fusion.build(config, side)
+    return modules
 
 
 def _discard_adapter(model: nn.Module, adapter_name: str) -> None:

@@ -24,8 +24,8 @@ from ._peft_type import MUDPT_PEFT_TYPE, peft_type_value
 from ._version import __version__
 from .adapter_files import CLASSIFIER_CONFIG_NAME, CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, TENSORS_FINGERPRINT_KEY
 from .config import MuDPTConfig
-from .families import get_family_spec
 from .layer import MuDPTLayer
+from .methods import card_tags, method_of
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -47,28 +47,8 @@ RESULTS_ATTRIBUTE = "_mudpt_eval_results"
 
 
 def method_preset(config: MuDPTConfig) -> str:
-    """The method a config implements, as a [`MuDPTConfig.for_method`] name (`"coop"`, `"vpt"`, `"ivlp"`, `"maple"`,
-    `"mudpt"`, `"mudpt-linear"`, `"mudpt-linear-v1"` or `"cross-attention"`), derived from `fusion`, `linear_shared`,
-    `text_prompts` and `vision_prompts` (depths and token counts may differ from the preset's defaults)."""
-    if config.fusion == "none":
-        if config.text_prompts and config.vision_prompts:
-            return "ivlp"
-        return "coop" if config.text_prompts else "vpt"
-    return {
-        "text_to_vision": "maple",
-        "injection": "mudpt",
-        "linear": "mudpt-linear" if config.linear_shared else "mudpt-linear-v1",
-        "cross_attention": "cross-attention",
-    }[config.fusion]
-
-
-def card_tags(model: Any, configs: Sequence[MuDPTConfig]) -> list[str]:
-    """The tags of a MuDPT adapter's card: `mudpt`, `prompt-tuning`, the base model's family and the methods."""
-    try:
-        family = get_family_spec(model).name
-    except ValueError:
-        family = "clip"
-    return ["mudpt", "prompt-tuning", family, *sorted({method_preset(config) for config in configs})]
+    """The method a config implements, as a [`MuDPTConfig.for_method`] name (see `mudpt_peft.methods.method_of`)."""
+    return method_of(config)
 
 
 #: The keys of an evaluation result (the one schema of `eval_results=` and [`record_eval_result`]).

@@ -19,6 +19,7 @@ from ._utils import first_float_parameter, model_image_size
 from .classifier import PromptClassifier
 from .data import ImageClassificationCollator, check_image_classification_dataset
 from .evaluation import accuracy_metrics, dataset_name_of, split_of
+from .methods import METHODS, normalize_method
 from .model_card import record_eval_result, write_model_card
 
 __all__ = ["TRAINING_RECIPES", "PromptTuningTrainer", "default_training_arguments"]
@@ -27,23 +28,10 @@ __all__ = ["TRAINING_RECIPES", "PromptTuningTrainer", "default_training_argument
 # ------------------------------------------------------------------------------------------------------------------
 # per-method hyper-parameters
 
-#: The training recipe of each method: the official one where it exists (CoOp: `configs/trainers/CoOp/vit_b16*.yaml`;
-#: IVLP, MaPLe, VPT: the MaPLe repository's `configs/trainers/*/vit_b16_c2_ep5_batch4_*.yaml`; MuDPT: the MuDPT paper),
-#: kept where a learning-rate sweep on the embedded tiny CLIP confirmed it (within 1 point of the best of 0.5x / 1x /
-#: 2x, see docs/train.md); the measured best for the two methods without an official recipe. All use SGD with
-#: momentum 0.9 and weight decay 5e-4 (Dassl's defaults), a cosine schedule and one warm-up epoch.
-TRAINING_RECIPES: dict[str, dict[str, float | int]] = {
-    "coop": {"learning_rate": 0.002, "num_train_epochs": 200, "per_device_train_batch_size": 32},
-    "vpt": {"learning_rate": 0.0025, "num_train_epochs": 5, "per_device_train_batch_size": 4},
-    "ivlp": {"learning_rate": 0.0035, "num_train_epochs": 5, "per_device_train_batch_size": 4},
-    "maple": {"learning_rate": 0.0035, "num_train_epochs": 5, "per_device_train_batch_size": 4},
-    "mudpt": {"learning_rate": 0.0025, "num_train_epochs": 10, "per_device_train_batch_size": 4},
-    # no official recipe of their own: MuDPT's, with the learning rate measured (benchmarks/lr_sweep.sh)
-    # (the sweep ran on the per-layer variant, now "mudpt-linear-v1"; the shared-map "mudpt-linear" keeps its rate)
-    "mudpt-linear": {"learning_rate": 0.005, "num_train_epochs": 10, "per_device_train_batch_size": 4},
-    "mudpt-linear-v1": {"learning_rate": 0.005, "num_train_epochs": 10, "per_device_train_batch_size": 4},
-    "cross-attention": {"learning_rate": 0.00125, "num_train_epochs": 10, "per_device_train_batch_size": 4},
-}
+#: The training recipe of each method (the `recipe` of its row in `mudpt_peft.methods.METHODS`, where the sources
+#: are given). All use SGD with momentum 0.9 and weight decay 5e-4 (Dassl's defaults), a cosine schedule and one
+#: warm-up epoch.
+TRAINING_RECIPES: dict[str, dict[str, float | int]] = {name: dict(method.recipe) for name, method in METHODS.items()}
 
 
 def _coop_epochs(shots: int) -> int:
@@ -66,7 +54,7 @@ def default_training_arguments(
     | `"vpt"` | SGD | 0.0025 | 5 | 4 |
     | `"ivlp"`, `"maple"` | SGD | 0.0035 | 5 | 4 |
     | `"mudpt"` | SGD | 0.0025 | 10 | 4 |
-    | `"mudpt-linear"` | SGD | 0.005 (measured) | 10 | 4 |
+    | `"mudpt-linear"`, `"mudpt-linear-v1"` | SGD | 0.005 (measured) | 10 | 4 |
     | `"cross-attention"` | SGD | 0.00125 (measured) | 10 | 4 |
 
     Every recipe uses SGD (momentum 0.9, weight decay 5e-4), a cosine schedule with one warm-up epoch (a linear
@@ -94,9 +82,7 @@ def default_training_arguments(
         (0.0025, 'cosine')
         ```
     """
-    key = method.lower().replace("_", "-") if isinstance(method, str) else method
-    if key not in TRAINING_RECIPES:
-        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(TRAINING_RECIPES)}.")
+    key = normalize_method(method)
     if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 1):
         raise ValueError(f"`shots` must be an integer >= 1 (or None), got {shots!r}.")
     settings: dict[str, Any] = dict(TRAINING_RECIPES[key])

@@ -463,7 +463,7 @@ def ref_fusion(peft_model, config: MuDPTConfig, adapter: str = "default"):
     if config.fusion == "text_to_vision":
         return text, torch.stack([F.linear(text[j], p.weight, p.bias) for j, p in enumerate(vision_fusion.projections)])
     text_used, vision_used = text.clone(), vision.clone()
-    if config.fusion == "linear" and config.linear_shared:
+    if config.fusion == "shared_linear":
         vision_used[0] = vision[0] + F.linear(text[0], *_wb(vision_fusion.first_projection))
         for j in range(1, common):
             text_used[j] = text[j] + F.linear(vision[j], *_wb(text_fusion.deep_projection))

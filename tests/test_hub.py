@@ -509,7 +509,7 @@ def test_subfolders_hold_independent_adapters(api, base_repo, repo_id, inputs):
     assert torch.equal(logits(model, inputs), logits(b, inputs))
     model.set_adapter("default")
     assert torch.equal(logits(model, inputs), logits(a, inputs))
-    assert MuDPTConfig.from_pretrained(repo_id, subfolder="b").fusion == "linear"
+    assert MuDPTConfig.from_pretrained(repo_id, subfolder="b").fusion == "shared_linear"
 
 
 def strip_fingerprint(folder: Path) -> None:

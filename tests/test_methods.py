@@ -44,9 +44,8 @@ def test_presets_carry_the_papers_defaults():
         config = MuDPTConfig.for_method(method)
         assert (config.fusion, config.depth, config.n_ctx) == (fusion, 9, 2)
     linear, linear_v1 = MuDPTConfig.for_method("mudpt_linear"), MuDPTConfig.for_method("MuDPT_Linear_V1")
-    assert (linear.fusion, linear.linear_shared, linear.depth, linear.n_ctx) == ("linear", True, 9, 2)
-    assert (linear_v1.fusion, linear_v1.linear_shared, linear_v1.depth, linear_v1.n_ctx) == ("linear", False, 9, 2)
-    assert MuDPTConfig(fusion="linear").linear_shared is False  # configs saved before the field keep their meaning
+    assert (linear.fusion, linear.depth, linear.n_ctx) == ("shared_linear", 9, 2)
+    assert (linear_v1.fusion, linear_v1.depth, linear_v1.n_ctx) == ("linear", 9, 2)  # what "linear" always meant
     assert MuDPTConfig.for_method("mudpt", depth=5, injection_layers=2).injection_layers == 2
     with pytest.raises(ValueError, match="Unknown method 'lora'.*coop"):
         MuDPTConfig.for_method("lora")
@@ -62,8 +61,9 @@ def test_presets_carry_the_papers_defaults():
         ({"fusion": "text_to_vision", "depth": 3, "vision_depth": 2}, "must equal the text depth"),
         ({"fusion": "none", "text_prompts": False, "ctx_init": "a photo"}, "`text_prompts=False`"),
         ({"text_prompts": "yes"}, "`text_prompts` must be True or False"),
-        ({"fusion": "linear", "linear_shared": 1}, "`linear_shared` must be True or False"),
-        ({"fusion": "injection", "linear_shared": True}, "`linear_shared=True` chooses between"),
+        ({"fusion": "shared_linear", "n_ctx": 2, "vision_n_ctx": 3}, "must equal `n_ctx`"),
+        ({"fusion": "cross_attention", "cross_attention_dropout": 1.0}, "`cross_attention_dropout` must be in"),
+        ({"injection_init_std": 0}, "`injection_init_std` must be a number > 0"),
     ],
 )
 def test_inconsistent_methods_are_refused(kwargs, message):
@@ -216,7 +216,7 @@ def test_linear_v1_fusion_couples_deep_layers_only():
 @pytest.mark.parametrize(("text_depth", "vision_depth"), [(3, 3), (2, 3), (3, 2)])
 def test_shared_linear_fusion_couples_layer_zero_and_shares_the_deep_map(text_depth, vision_depth):
     """The current official `mudpt.py`: `vision_0 = V_0 + E(T_0)`, one map per direction for all deep layers."""
-    config = MuDPTConfig(fusion="linear", linear_shared=True, depth=3, text_depth=text_depth, vision_depth=vision_depth)
+    config = MuDPTConfig(fusion="shared_linear", depth=3, text_depth=text_depth, vision_depth=vision_depth)
     model = get_peft_model(make_clip(), config)
     randomize_adapter(model)
     clip = model.base_model.model
@@ -238,7 +238,7 @@ def test_shared_linear_fusion_couples_layer_zero_and_shares_the_deep_map(text_de
 
 
 def test_shared_linear_fusion_without_deep_layers_keeps_the_layer_zero_map():
-    model = get_peft_model(make_clip(), MuDPTConfig(fusion="linear", linear_shared=True, depth=1, n_ctx=2))
+    model = get_peft_model(make_clip(), MuDPTConfig(fusion="shared_linear", depth=1, n_ctx=2))
     clip = model.base_model.model
     assert isinstance(clip.text_model.mudpt_fusion["default"], NoFusion)
     vision_fusion = clip.vision_model.mudpt_fusion["default"]
@@ -251,20 +251,45 @@ def test_shared_linear_fusion_without_deep_layers_keeps_the_layer_zero_map():
         SharedLinearFusion(4, 4, first_layer=False, deep=False)
 
 
-def test_linear_adapters_saved_before_linear_shared_still_load(tmp_path):
-    """An adapter_config.json without `linear_shared` (saved before the field existed) is the per-layer variant."""
+def test_cross_attention_adapters_saved_with_the_injection_fields_still_load(tmp_path):
+    """Before `cross_attention_heads` / `cross_attention_dropout` existed, cross-attention read `injection_heads` /
+    `injection_dropout`: such a config is read into the new fields and the adapter loads as it was trained."""
     import json
 
     inputs = make_inputs()
-    model = get_peft_model(make_clip(), small("mudpt-linear-v1"))
+    model = get_peft_model(make_clip(), small("cross-attention", cross_attention_heads=2, cross_attention_dropout=0.1))
     randomize_adapter(model)
+    model.eval()
     expected = logits(model, inputs)
     model.save_pretrained(tmp_path)
     config_path = tmp_path / "adapter_config.json"
     saved = json.loads(config_path.read_text())
-    assert saved.pop("linear_shared") is False
+    saved["injection_heads"], saved["injection_dropout"] = saved.pop("cross_attention_heads"), 0.1
+    saved.pop("cross_attention_dropout")
+    saved.pop("injection_init_std")
     config_path.write_text(json.dumps(saved))
     loaded = PeftModel.from_pretrained(make_clip(), tmp_path)
-    assert loaded.peft_config["default"].linear_shared is False
-    assert type(loaded.base_model.model.vision_model.mudpt_fusion["default"]) is LinearFusion
+    config = loaded.peft_config["default"]
+    assert (config.cross_attention_heads, config.cross_attention_dropout) == (2, 0.1)
+    assert (config.injection_heads, config.injection_dropout) == (None, 0.0)
+    assert loaded.base_model.model.text_model.mudpt_fusion["default"].num_heads == 2
     assert torch.equal(logits(loaded, inputs), expected)
+
+
+def test_every_method_and_fusion_is_declared_in_one_place():
+    """The presets, training recipes, card names and official conversions all come from `mudpt_peft.methods`."""
+    from mudpt_peft.convert import OFFICIAL_METHODS
+    from mudpt_peft.fusion import FUSIONS, Fusion
+    from mudpt_peft.methods import METHODS, method_of, normalize_method
+    from mudpt_peft.trainer import TRAINING_RECIPES
+
+    assert list(METHOD_PRESETS) == list(METHODS) == list(TRAINING_RECIPES)
+    assert set(OFFICIAL_METHODS) == {name for name, method in METHODS.items() if method.official}
+    for name, method in METHODS.items():
+        config = MuDPTConfig.for_method(name.upper().replace("-", "_"))
+        assert method_of(config) == name and normalize_method(f" {name.upper()} ") == name
+        assert TRAINING_RECIPES[name] == dict(method.recipe)
+    assert {method.preset["fusion"] for method in METHODS.values()} == set(FUSIONS)
+    assert all(issubclass(fusion, Fusion) and fusion.name == key for key, fusion in FUSIONS.items())
+    with pytest.raises(ValueError, match="Unknown method 'lora'; choose one of coop, vpt"):
+        normalize_method("lora")

@@ -310,7 +310,7 @@ def test_mudpt_linear_converts_either_revision(openai_clip, class_tokens, pixel_
                 with_frozen_clip(state, openai_clip), "mudpt-linear", openai_to_hf(openai_clip)
             )
         config = converted.peft_config["default"]
-        assert (config.fusion, config.linear_shared, config.depth, config.n_ctx) == ("linear", shared, depth, n_ctx)
+        assert (config.fusion, config.depth, config.n_ctx) == ("shared_linear" if shared else "linear", depth, n_ctx)
         torch.testing.assert_close(_tuner_logits(converted, input_ids, pixel_values), expected, **TOLERANCE)
     current = make_official_state("mudpt-linear", openai_clip, k, n_ctx, seed=6)
     with pytest.raises(ValueError, match="current official `trainers/mudpt.py`.*pass method='mudpt-linear'"):
@@ -331,7 +331,7 @@ def test_mudpt_linear_early_format_as_2b436f3_ran_it(k, n_ctx, eos_token_id, ope
         state, "mudpt-linear", openai_to_hf(openai_clip, eos_token_id=eos_token_id), apply_last_deep_set=True
     )
     config = converted.peft_config["default"]
-    assert (config.linear_shared, config.depth) == (False, k + 1)
+    assert (config.fusion, config.depth) == ("linear", k + 1)
     torch.testing.assert_close(_tuner_logits(converted, input_ids, pixel_values), expected, **TOLERANCE)
     with pytest.warns(UserWarning, match="apply_last_deep_set=True"):
         default = convert_official(state, "mudpt-linear", openai_to_hf(openai_clip, eos_token_id=eos_token_id))
