@@ -14,9 +14,7 @@ from torch import nn
 from mudpt_peft import MuDPTConfig
 from mudpt_peft.metrics import alignment
 
-from .conftest import TOKENIZER_EOS_ID, make_clip, make_inputs
-from .ddp_train_script import image_processor
-from .test_lifecycle import randomize_adapter
+from .helpers import TOKENIZER_EOS_ID, image_processor, make_clip, make_inputs, randomize_adapter
 
 CLASSES = ["cat", "dog", "zebra"]
 
