@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny random CLIP models built from configs (no downloads), matching inputs and the tiny tokenizer.
-The builders behind them are in `helpers.py`."""
+"""Shared fixtures: tiny random CLIP models built from configs (no downloads), matching inputs, the tiny tokenizer, and
+`one_thread` for the modules that opt into it. The builders behind them are in `helpers.py`."""
 
 from __future__ import annotations
 
@@ -33,3 +33,13 @@ def tokenizer(tokenizer_dir) -> CLIPTokenizer:
     pooling: use `make_clip(eos_token_id=TOKENIZER_EOS_ID)` with it."""
     return CLIPTokenizer.from_pretrained(tokenizer_dir)
 
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread during the test, for the modules that opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`: their models are tiny, and with several threads on shared
+    cores thread spinning costs up to 20x the compute (each module says why it opts in)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,13 +22,8 @@ from mudpt_peft.evaluation import accuracy_metrics, evaluate, harmonic_mean
 from .helpers import LABELLED_CLASSES as NAMES
 from .helpers import TOKENIZER_EOS_ID, image_processor, labelled, make_clip, randomize_adapter
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models: more threads only contend for the shared cores
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------------------------

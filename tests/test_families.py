@@ -55,13 +55,8 @@ FAMILIES = ["clip", "metaclip_2", "siglip", "siglip2", "chinese_clip", "altclip"
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    """These models are tiny: one intra-op thread runs them about 15x faster on busy cores than two contending ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# these models are tiny: one intra-op thread runs them about 15x faster on busy cores than two contending ones
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _text(**overrides) -> dict:

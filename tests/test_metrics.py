@@ -18,13 +18,8 @@ from .helpers import TOKENIZER_EOS_ID, image_processor, make_clip, make_inputs, 
 
 CLASSES = ["cat", "dog", "zebra"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models: more threads only contend for the shared cores
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ControlledModel(nn.Module):

@@ -20,14 +20,8 @@ from mudpt_peft.trainer import TRAINING_RECIPES, PromptTuningTrainer, default_tr
 from .helpers import COLOR_CLASSES as CLASSES
 from .helpers import TOKENIZER_EOS_ID, color_dataset, image_processor, make_clip, peft_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models are tiny: with several threads on shared cores, thread spinning costs 20x the compute."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# the models are tiny: with several threads on shared cores, thread spinning costs 20x the compute
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quiet_args(output_dir, **overrides) -> TrainingArguments:
