@@ -11,6 +11,8 @@ MUDPT_EXTRAS=examples
 # shellcheck disable=SC1091
 . scripts/setup.sh
 
+# one thread, as in scripts/main.sh: the tiny model gains nothing from more, and on a busy machine they slow it down
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 mkdir -p out/sweep
 # the methods and their recipes' learning rates, from the library: "coop=0.002 vpt=0.0025 ..."
 recipes=$(python -c '
