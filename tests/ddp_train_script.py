@@ -22,11 +22,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from peft import get_peft_model, get_peft_model_state_dict  # noqa: E402
 from PIL import Image  # noqa: E402
-from transformers import CLIPImageProcessor, CLIPTokenizer  # noqa: E402
+from transformers import CLIPTokenizer  # noqa: E402
 
 from mudpt_peft import MuDPTConfig  # noqa: E402
 from mudpt_peft.trainer import PromptTuningTrainer, default_training_arguments  # noqa: E402
-from tests.conftest import TOKENIZER_EOS_ID, make_clip  # noqa: E402
+from tests.helpers import TOKENIZER_EOS_ID, image_processor, make_clip  # noqa: E402
 
 CLASSES = ["cat", "dog", "zebra", "photo"]
 
@@ -37,10 +37,6 @@ def build_dataset(size: int = 8, seed: int = 0) -> datasets.Dataset:
     images = [Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)) for _ in range(size)]
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
     return datasets.Dataset.from_dict({"image": images, "label": [i % 4 for i in range(size)]}, features=features)
-
-
-def image_processor() -> CLIPImageProcessor:
-    return CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
 
 
 def build_model():

@@ -9,14 +9,8 @@ from peft import PeftModel, get_peft_model
 
 from mudpt_peft import MuDPTConfig, PromptClassifier
 
-from .conftest import TOKENIZER_EOS_ID, make_clip, make_inputs
-from .test_lifecycle import randomize_adapter
-
-CLASSES = ["cat", "dog", "zebra", "of"]
-
-
-def clip_for_tokenizer(**kwargs):
-    return make_clip(eos_token_id=TOKENIZER_EOS_ID, **kwargs)
+from .helpers import CLASSIFIER_CLASSES as CLASSES
+from .helpers import clip_for_tokenizer, make_inputs, randomize_adapter
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer, CLIPVisionMode
 from mudpt_peft import MuDPTConfig
 from mudpt_peft.layer import MuDPTLayer
 
-from .conftest import make_clip, make_inputs
-from .test_lifecycle import logits
+from .helpers import logits, make_clip, make_inputs
 
 
 @pytest.mark.parametrize(

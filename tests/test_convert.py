@@ -25,7 +25,7 @@ from mudpt_peft import MuDPTConfig
 from mudpt_peft import convert as convert_module
 from mudpt_peft.convert import OFFICIAL_METHODS, convert_official, detect_mudpt_linear_format, main
 
-from .conftest import make_clip, make_inputs
+from .helpers import make_clip, make_inputs
 
 WT, WV, LAYERS = 32, 48, 4  # the widths and layer counts of `make_clip()`
 WIDTH = {"text": WT, "vision": WV}

@@ -19,31 +19,11 @@ from mudpt_peft.data import (
 )
 from mudpt_peft.evaluation import accuracy_metrics, evaluate, harmonic_mean
 
-from .conftest import TOKENIZER_EOS_ID, make_clip
-from .ddp_train_script import image_processor
-from .test_lifecycle import randomize_adapter
+from .helpers import LABELLED_CLASSES as NAMES
+from .helpers import TOKENIZER_EOS_ID, image_processor, labelled, make_clip, randomize_adapter
 
-NAMES = ["cat", "dog", "zebra", "photo", "of"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def labelled(counts: list[int], class_label: bool = True, size: int = 20, seed: int = 0) -> datasets.Dataset:
-    """`counts[c]` random images of class `c`, interleaved; with a `ClassLabel` feature over `NAMES[:len(counts)]`."""
-    labels = [c for c, n in enumerate(counts) for _ in range(n)]
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(labels))
-    labels = [labels[i] for i in order]
-    images = [Image.fromarray(rng.integers(0, 256, (size, size + 4, 3), dtype=np.uint8)) for _ in labels]
-    label_feature = datasets.ClassLabel(names=NAMES[: len(counts)]) if class_label else datasets.Value("int64")
-    features = datasets.Features({"image": datasets.Image(), "label": label_feature})
-    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+# tiny models: more threads only contend for the shared cores
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -21,13 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).with_name("ddp_train_script.py")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """torchrun gives each worker OMP_NUM_THREADS=1; the single-process reference uses one thread as well."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# torchrun gives each worker OMP_NUM_THREADS=1; the single-process reference uses one thread as well
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def adapter(model) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mudpt_peft import MuDPTConfig
 
-from .conftest import make_clip, make_inputs
+from .helpers import make_clip, make_inputs
 
 WORLD_SIZE = 2
 

@@ -42,9 +42,7 @@ from mudpt_peft import MuDPTConfig, families
 from mudpt_peft.config import METHOD_PRESETS
 from mudpt_peft.layer import MuDPTLayer, MuDPTPoolingHead
 
-from .conftest import frozen_copy, make_tokenizer_files
-from .test_lifecycle import hooks_of
-from .test_reference import _mha, ref_injection
+from .helpers import frozen_copy, hooks_of, make_tokenizer_files, ref_attention, ref_injection
 
 VOCAB = 99
 TEXT_WIDTH, VISION_WIDTH, LAYERS, MAX_POSITIONS = 32, 48, 3, 16
@@ -57,13 +55,8 @@ FAMILIES = ["clip", "metaclip_2", "siglip", "siglip2", "chinese_clip", "altclip"
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _one_intra_op_thread():
-    """These models are tiny: one intra-op thread runs them about 15x faster on busy cores than two contending ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# these models are tiny: one intra-op thread runs them about 15x faster on busy cores than two contending ones
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _text(**overrides) -> dict:
@@ -490,7 +483,7 @@ def ref_fusion(peft_model, config: MuDPTConfig, adapter: str = "default"):
             query = F.linear(F.layer_norm(own[:common], (own.shape[-1],), *_wb(fusion.ln_query)), *_wb(fusion.query))
             context = F.layer_norm(other[:common], (other.shape[-1],), *_wb(fusion.ln_context))
             key, value = F.linear(context, *_wb(fusion.key_value)).chunk(2, dim=-1)
-            attended = _mha(split(query), split(key), split(value), None)
+            attended = ref_attention(split(query), split(key), split(value), None)
             used[:common] = own[:common] + F.linear(attended, *_wb(fusion.out_proj))
     return text_used, vision_used
 

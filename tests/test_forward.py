@@ -10,8 +10,7 @@ from peft import get_peft_model
 
 from mudpt_peft import MuDPTConfig
 
-from .conftest import EOS_ID, make_clip, make_inputs
-from .test_lifecycle import logits, randomize_adapter
+from .helpers import EOS_ID, logits, make_clip, make_inputs, randomize_adapter
 
 N_CTX = 2
 

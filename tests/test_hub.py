@@ -53,8 +53,7 @@ from mudpt_peft.config import METHOD_PRESETS
 from mudpt_peft.evaluation import evaluate, record_eval_result, recorded_eval_results
 from mudpt_peft.layer import MuDPTLayer
 
-from .conftest import TOKENIZER_EOS_ID, make_clip, make_inputs, make_tokenizer_files
-from .test_lifecycle import logits, randomize_adapter
+from .helpers import TOKENIZER_EOS_ID, logits, make_clip, make_inputs, make_tokenizer_files, randomize_adapter
 
 IN_CHILD = os.environ.get("MUDPT_HUB_TEST_CHILD") == "1"
 DUMMY_TOKEN = "hf_mudpt_test_dummy_token"
@@ -425,7 +424,8 @@ def test_plain_peft_push_and_load_round_trip(api, base_repo, repo_id, inputs):
     assert card.data.library_name == "peft" and {"mudpt", "prompt-tuning", "clip"} <= set(card.data.tags)
     from transformers import AutoTokenizer
 
-    from .test_data import NAMES, image_processor, labelled
+    from .helpers import LABELLED_CLASSES as NAMES
+    from .helpers import image_processor, labelled
 
     tokenizer = AutoTokenizer.from_pretrained(base_repo)
     data = labelled([2, 2, 2, 2])

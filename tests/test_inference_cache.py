@@ -22,12 +22,9 @@ from transformers.training_args import OptimizerNames
 from mudpt_peft import MuDPTConfig, PromptClassifier
 from mudpt_peft.trainer import PromptTuningTrainer
 
-from .conftest import make_inputs
-from .ddp_train_script import image_processor
-from .test_classifier import CLASSES, clip_for_tokenizer
-from .test_lifecycle import randomize_adapter
-from .test_trainer import CLASSES as TRAINER_CLASSES
-from .test_trainer import color_dataset, peft_model
+from .helpers import CLASSIFIER_CLASSES as CLASSES
+from .helpers import COLOR_CLASSES as TRAINER_CLASSES
+from .helpers import clip_for_tokenizer, color_dataset, image_processor, make_inputs, peft_model, randomize_adapter
 
 
 def adapted_classifier(tokenizer, depth: int = 3) -> PromptClassifier:

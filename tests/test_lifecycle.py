@@ -13,28 +13,7 @@ from safetensors.torch import load_file, save_file
 from mudpt_peft import MuDPTConfig
 from mudpt_peft.layer import MuDPTLayer
 
-from .conftest import frozen_copy, make_clip, make_inputs
-
-
-def logits(model, inputs) -> torch.Tensor:
-    with torch.no_grad():
-        return model(**inputs).logits_per_image
-
-
-def randomize_adapter(model, adapter_name: str = "default", seed: int = 0) -> None:
-    """Give the adapter non-trivial values (the injection output projection included)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "mudpt_" in name and f".{adapter_name}" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-
-
-def hooks_of(model) -> list[tuple[str, int, int, int]]:
-    return [
-        (name, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-        for name, m in model.named_modules()
-    ]
+from .helpers import frozen_copy, hooks_of, logits, make_clip, make_inputs, randomize_adapter
 
 
 @pytest.mark.parametrize("depth", [1, 3])

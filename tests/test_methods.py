@@ -18,8 +18,7 @@ from mudpt_peft.fusion import (
 )
 from mudpt_peft.layer import MuDPTLayer
 
-from .conftest import frozen_copy, make_clip, make_inputs
-from .test_lifecycle import hooks_of, logits, randomize_adapter
+from .helpers import frozen_copy, hooks_of, logits, make_clip, make_inputs, randomize_adapter
 
 SMALL = {"depth": 3, "n_ctx": 2}
 

@@ -14,19 +14,12 @@ from torch import nn
 from mudpt_peft import MuDPTConfig
 from mudpt_peft.metrics import alignment
 
-from .conftest import TOKENIZER_EOS_ID, make_clip, make_inputs
-from .ddp_train_script import image_processor
-from .test_lifecycle import randomize_adapter
+from .helpers import TOKENIZER_EOS_ID, image_processor, make_clip, make_inputs, randomize_adapter
 
 CLASSES = ["cat", "dog", "zebra"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models: more threads only contend for the shared cores
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ControlledModel(nn.Module):

@@ -22,10 +22,18 @@ from transformers import CLIPModel
 
 import mudpt_peft
 
-from .conftest import make_clip, make_clip_config, make_inputs
+from .helpers import (
+    make_clip,
+    make_clip_config,
+    make_inputs,
+    ref_attention,
+    ref_injection,
+    ref_layer_norm,
+    ref_linear,
+    ref_quick_gelu,
+)
 
 ADAPTER = "default"
-INJ_EPS = 1e-5
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -33,34 +41,12 @@ INJ_EPS = 1e-5
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(1.702 * x)
-
-
 def _act(name: str):
     if name == "quick_gelu":
-        return _quick_gelu
+        return ref_quick_gelu
     if name == "gelu":
         return F.gelu
     raise NotImplementedError(f"reference has no activation {name!r}")
-
-
-def _ln(x: torch.Tensor, norm, eps: float) -> torch.Tensor:
-    return F.layer_norm(x, (x.shape[-1],), norm.weight, norm.bias, eps)
-
-
-def _lin(x: torch.Tensor, linear) -> torch.Tensor:
-    return F.linear(x, linear.weight, linear.bias)
-
-
-def _mha(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, additive_mask: torch.Tensor | None) -> torch.Tensor:
-    """q, k, v: (batch, heads, tokens, head_dim) -> (batch, tokens, heads * head_dim)."""
-    scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
-    if additive_mask is not None:
-        scores = scores + additive_mask
-    out = torch.softmax(scores, dim=-1) @ v
-    batch, heads, tokens, head_dim = out.shape
-    return out.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
 
 
 def _clip_layer(x: torch.Tensor, layer, heads: int, eps: float, act, additive_mask: torch.Tensor | None):
@@ -71,27 +57,11 @@ def _clip_layer(x: torch.Tensor, layer, heads: int, eps: float, act, additive_ma
     def split(t):
         return t.view(batch, tokens, heads, head_dim).transpose(1, 2)
 
-    h = _ln(x, layer.layer_norm1, eps)
-    q, k, v = split(_lin(h, attn.q_proj)), split(_lin(h, attn.k_proj)), split(_lin(h, attn.v_proj))
-    x = x + _lin(_mha(q, k, v, additive_mask), attn.out_proj)
-    h = _ln(x, layer.layer_norm2, eps)
-    return x + _lin(act(_lin(h, layer.mlp.fc1)), layer.mlp.fc2)
-
-
-def ref_injection(prompts: torch.Tensor, inj, heads: int) -> torch.Tensor:
-    """Injection Model: proj(ln_post(blocks(ln_pre(P)))), P: (layers, n_ctx, src_width)."""
-    layers, n_ctx, width = prompts.shape
-    head_dim = width // heads
-    x = _ln(prompts, inj.ln_pre, INJ_EPS)
-    for block in inj.blocks:
-        h = _ln(x, block.ln_1, INJ_EPS)
-        qkv = _lin(h, block.attn.qkv).view(layers, n_ctx, 3, heads, head_dim)
-        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(dim=2))  # (layers, heads, n_ctx, head_dim)
-        x = x + _lin(_mha(q, k, v, None), block.attn.out_proj)
-        h = _ln(x, block.ln_2, INJ_EPS)
-        x = x + _lin(_quick_gelu(_lin(h, block.fc1)), block.fc2)
-    x = _ln(x, inj.ln_post, INJ_EPS)
-    return _lin(x, inj.proj)
+    h = ref_layer_norm(x, layer.layer_norm1, eps)
+    q, k, v = split(ref_linear(h, attn.q_proj)), split(ref_linear(h, attn.k_proj)), split(ref_linear(h, attn.v_proj))
+    x = x + ref_linear(ref_attention(q, k, v, additive_mask), attn.out_proj)
+    h = ref_layer_norm(x, layer.layer_norm2, eps)
+    return x + ref_linear(act(ref_linear(h, layer.mlp.fc1)), layer.mlp.fc2)
 
 
 def _tower(module):
@@ -148,7 +118,7 @@ def ref_text(clip: CLIPModel, input_ids, attention_mask, prompts: torch.Tensor |
         if 1 <= j < depth:
             x = torch.cat([x[:, :1], prompts[j].expand(batch, n, -1), x[:, 1 + n :]], dim=1)
         x = _clip_layer(x, layer, cfg.num_attention_heads, cfg.layer_norm_eps, act, additive)
-    x = _ln(x, tm.final_layer_norm, cfg.layer_norm_eps)
+    x = ref_layer_norm(x, tm.final_layer_norm, cfg.layer_norm_eps)
 
     assert cfg.eos_token_id != 2  # the legacy argmax pooling is not used by these tiny models
     eos = (input_ids == cfg.eos_token_id).int().argmax(dim=-1) + n  # first real EOS, shifted by the prompts
@@ -173,12 +143,12 @@ def ref_image(clip: CLIPModel, pixel_values, prompts: torch.Tensor | None) -> to
     x = x + emb.position_embedding.weight[: x.shape[1]]
     if n:
         x = torch.cat([x, prompts[0].expand(batch, n, -1)], dim=1)
-    x = _ln(x, vm.pre_layrnorm, cfg.layer_norm_eps)
+    x = ref_layer_norm(x, vm.pre_layrnorm, cfg.layer_norm_eps)
     for j, layer in enumerate(vm.encoder.layers):
         if 1 <= j < depth:
             x = torch.cat([x[:, :-n], prompts[j].expand(batch, n, -1)], dim=1)
         x = _clip_layer(x, layer, cfg.num_attention_heads, cfg.layer_norm_eps, act, None)
-    pooled = _ln(x[:, 0], vm.post_layernorm, cfg.layer_norm_eps)
+    pooled = ref_layer_norm(x[:, 0], vm.post_layernorm, cfg.layer_norm_eps)
     return F.linear(pooled, clip.visual_projection.weight)
 
 

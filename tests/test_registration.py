@@ -19,7 +19,7 @@ from peft.utils import PeftType
 import mudpt_peft
 from mudpt_peft import MuDPTConfig, MuDPTModel
 
-from .conftest import make_clip
+from .helpers import make_clip
 
 ENUM_HELPER = Path(mudpt_peft.__file__).parent / "_enum.py"
 

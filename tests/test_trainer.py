@@ -7,56 +7,21 @@ import json
 import os
 
 import datasets
-import numpy as np
 import pytest
 import torch
-from peft import PeftModel, get_peft_model, get_peft_model_state_dict
-from PIL import Image
+from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import CLIPImageProcessor, TrainingArguments
 
-from mudpt_peft import MuDPTConfig
 from mudpt_peft.data import ImageClassificationCollator
 from mudpt_peft.evaluation import evaluate
 from mudpt_peft.trainer import TRAINING_RECIPES, PromptTuningTrainer, default_training_arguments
 
-from .conftest import TOKENIZER_EOS_ID, make_clip
-from .ddp_train_script import image_processor
+from .helpers import COLOR_CLASSES as CLASSES
+from .helpers import TOKENIZER_EOS_ID, color_dataset, image_processor, make_clip, peft_model
 
-CLASSES = ["cat", "dog", "zebra", "photo", "of", "a"]
-COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255)]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models are tiny: with several threads on shared cores, thread spinning costs 20x the compute."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def color_dataset(
-    size: int, seed: int = 0, image_column: str = "image", label_column: str = "label", classes: int = 6
-) -> datasets.Dataset:
-    """Noisy solid-colour 20×20 images, one colour per class (learnable), labels `i % classes`."""
-    rng = np.random.default_rng(seed)
-    images, labels = [], []
-    for i in range(size):
-        color = np.array(COLORS[i % classes], dtype=float)
-        pixels = np.clip(color[None, None] + rng.normal(0, 30, (20, 20, 3)), 0, 255).astype(np.uint8)
-        images.append(Image.fromarray(pixels))
-        labels.append(i % classes)
-    features = datasets.Features(
-        {image_column: datasets.Image(), label_column: datasets.ClassLabel(names=CLASSES[:classes])}
-    )
-    return datasets.Dataset.from_dict({image_column: images, label_column: labels}, features=features)
-
-
-def peft_model(method: str = "mudpt", seed: int = 0) -> PeftModel:
-    torch.manual_seed(seed)
-    overrides = {"n_ctx": 4} if method == "coop" else {"depth": 3}
-    return get_peft_model(make_clip(eos_token_id=TOKENIZER_EOS_ID), MuDPTConfig.for_method(method, **overrides))
+# the models are tiny: with several threads on shared cores, thread spinning costs 20x the compute
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quiet_args(output_dir, **overrides) -> TrainingArguments:
