@@ -129,7 +129,8 @@ class MuDPTLayer(nn.Module, BaseTunerLayer):
         """Move the adapter to the device of the wrapped module (after a `low_cpu_mem_usage` load).
 
         Only the device changes: the dtype stays as loaded, so that loading onto a half-precision base is lossless;
-        peft's `_cast_adapter_dtype` then applies `autocast_adapter_dtype` as on the regular loading path.
+        peft's `_cast_adapter_dtype` then applies `autocast_adapter_dtype` as on the regular loading path. The
+        tensors are copied into fresh storage, so that the adapter computes exactly as after a regular load.
         """
         reference = next((p for p in self.get_base_layer().parameters() if p.device.type != "meta"), None)
         target_device = device if device is not None else (reference.device if reference is not None else None)
@@ -140,10 +141,18 @@ class MuDPTLayer(nn.Module, BaseTunerLayer):
             if adapter_name not in container or any(p.device.type == "meta" for p in container.parameters()):
                 continue
             item = container[adapter_name]
+            # a copy even on the same device: the tensors assigned from a safetensors file keep its (8-byte)
+            # alignment, and CPU kernels round differently on such storage than on the allocator's aligned one
             if isinstance(item, nn.Parameter):
-                container[adapter_name] = nn.Parameter(item.data.to(target_device), requires_grad=item.requires_grad)
+                copied = item.data.to(target_device, copy=True)
+                container[adapter_name] = nn.Parameter(copied, requires_grad=item.requires_grad)
             else:
-                item.to(target_device)
+                for parameter in item.parameters():
+                    parameter.data = parameter.data.to(target_device, copy=True)
+                for module in item.modules():
+                    for key, buffer in module._buffers.items():
+                        if buffer is not None:
+                            module._buffers[key] = buffer.to(target_device, copy=True)
 
 
 class MuDPTTower(MuDPTLayer):

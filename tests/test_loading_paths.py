@@ -15,8 +15,7 @@ from safetensors.torch import load_file
 from mudpt_peft import MuDPTConfig, adapter_files
 from mudpt_peft.layer import MuDPTLayer
 
-from .conftest import make_clip
-from .test_lifecycle import logits, randomize_adapter
+from .helpers import logits, make_clip, randomize_adapter
 
 
 @pytest.fixture

@@ -128,11 +128,10 @@ def test_every_method_runs_the_whole_lifecycle(method, tmp_path):
     model.save_pretrained(tmp_path)
     loaded = PeftModel.from_pretrained(make_clip(), tmp_path)
     assert torch.equal(logits(loaded, inputs), adapted)
-    # `low_cpu_mem_usage` assigns the tensors read from the safetensors file, which are only 8-byte aligned there;
-    # CPU matmul kernels may round differently on such inputs (seen for the shared linear maps, which read the other
-    # tower's prompts directly), so this path is compared at fp32 rounding noise
+    # `low_cpu_mem_usage` assigns the tensors read from the safetensors file (only 8-byte aligned there, and CPU
+    # kernels round differently on such storage); the tuner copies them into fresh storage: the same computation
     loaded = PeftModel.from_pretrained(make_clip(), tmp_path, adapter_name="x", low_cpu_mem_usage=True)
-    torch.testing.assert_close(logits(loaded, inputs), adapted, rtol=1e-5, atol=1e-5)
+    assert torch.equal(logits(loaded, inputs), adapted)
 
     unloaded = model.unload()
     assert not any(isinstance(m, MuDPTLayer) for m in unloaded.modules())
