@@ -40,6 +40,22 @@ def optimizer_steps() -> int:
     return _optimizer_steps[0]
 
 
+def _active_adapter_tensors(layer: BaseTunerLayer) -> list[torch.Tensor]:
+    """The tensors of the active adapters of a peft tuner layer (LoRA and others), from its `adapter_layer_names`."""
+    tensors: list[torch.Tensor] = []
+    for name in layer.adapter_layer_names:
+        container = getattr(layer, name, None)
+        if not isinstance(container, (nn.ModuleDict, nn.ParameterDict)):
+            continue
+        for adapter in layer.active_adapters:
+            item = container[adapter] if adapter in container else None
+            if isinstance(item, torch.Tensor):
+                tensors.append(item)
+            elif isinstance(item, nn.Module):
+                tensors += [*item.parameters(), *item.buffers()]
+    return tensors
+
+
 def _all_equal(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> bool:
     """Whether each tensor equals its snapshot exactly; off the CPU with one device synchronisation for all."""
     if all(t.device.type == "cpu" for t, _ in pairs):
@@ -54,8 +70,8 @@ def _all_equal(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> bool:
 class _ClassFeatureCache(NamedTuple):
     """Class features computed in eval mode, with what they were computed from."""
 
-    key: tuple  # `PromptClassifier._cache_key()` at the time
-    values: list[tuple[torch.Tensor, torch.Tensor]]  # (tensor, snapshot of its values) of `_value_checked()`
+    key: tuple  # the key of `PromptClassifier._state()` at the time
+    values: list[tuple[torch.Tensor, torch.Tensor]]  # (tensor, snapshot of its values) of the value-checked tensors
     features: torch.Tensor
 
 
@@ -153,69 +169,55 @@ class PromptClassifier(nn.Module):
         self.clear_cache()
         return super().train(mode)
 
-    def _cache_key(self) -> tuple:
-        """The cheap part of the cache key: what is in use, and every tensor's identity, version and storage.
+    def _state(self) -> tuple[tuple, list[torch.Tensor]]:
+        """`(key, value-checked tensors)`: what cached class features depend on, from one walk over the model.
 
-        The adapters each tower uses, and for every parameter and buffer of the model its identity, version counter
-        (bumped by in-place writes: `load_state_dict`, `copy_` under `torch.no_grad()`, foreach optimizers), storage
-        (`data_ptr`: `.to()`, `.half()` keep the objects and versions), dtype and device; the optimizer steps taken in
-        this process (a fused optimizer writes without bumping versions). Inference tensors have no version counter:
-        their values are compared instead (see [`~PromptClassifier._value_checked`]).
+        The key (cheap): the adapters each tower uses, and for every parameter and buffer of the model its identity,
+        version counter (bumped by in-place writes: `load_state_dict`, `copy_` under `torch.no_grad()`, foreach
+        optimizers), storage (`data_ptr`: `.to()`, `.half()` keep the objects and versions), dtype and device; the
+        optimizer steps taken in this process (a fused optimizer writes without bumping versions).
+
+        The value-checked tensors, compared with a snapshot: the adapter tensors the text features depend on (the text
+        tower's prompts and fusion of the active MuDPT adapter, the vision prompts feeding that fusion, the active
+        adapters of any other peft layer) that are trainable or inference tensors: the values a training loop
+        changes, also in ways no version counter sees (`p.data.copy_(...)`, `p.data -= lr * p.grad`, an optimizer
+        outside `torch.optim`), and tensors without a version counter. A frozen adapter (loaded for inference, the
+        default of `PeftModel.from_pretrained`) costs no comparison: its version counters see every in-place write
+        but one through `.data`.
         """
-        towers, tensors = [], []
+        towers, tensors, adapters = [], [], []
         for module in iter_modules(self.model):
             if isinstance(module, MuDPTTower):
-                towers.append((id(module), module.prompting_adapter()))
+                adapter = module.prompting_adapter()
+                towers.append((id(module), adapter))
+                if isinstance(module, MuDPTTextTower) and adapter is not None:
+                    fusion = module.mudpt_fusion[adapter]
+                    other = module.partner.learned_prompts(adapter) if module.partner is not None else None
+                    adapters += [module.learned_prompts(adapter), other, *fusion.parameters(), *fusion.buffers()]
+            elif isinstance(module, BaseTunerLayer):
+                adapters += _active_adapter_tensors(module)
             for group in (module._parameters, module._buffers):
                 for t in group.values():
                     if t is not None:
                         version = None if t.is_inference() else t._version
                         tensors.append((id(t), version, t.data_ptr(), t.dtype, t.device))
-        return tuple(towers), tuple(tensors), self.class_input_ids.data_ptr(), optimizer_steps()
+        key = (tuple(towers), tuple(tensors), self.class_input_ids.data_ptr(), optimizer_steps())
+        checked = {id(t): t for t in adapters if t is not None and (t.requires_grad or t.is_inference())}
+        return key, list(checked.values())
 
     def _value_checked(self) -> list[torch.Tensor]:
-        """The tensors whose values are compared with a snapshot before cached class features are reused.
-
-        The adapter tensors the text features depend on (the text tower's prompts and fusion of the active MuDPT
-        adapter, the vision prompts feeding that fusion, the active adapters of any other peft layer) that are
-        trainable or inference tensors: the values a training loop changes, also in ways no version counter sees
-        (`p.data.copy_(...)`, `p.data -= lr * p.grad`, an optimizer outside `torch.optim`), and tensors without a
-        version counter. A frozen adapter (loaded for inference, the default of `PeftModel.from_pretrained`) costs no
-        comparison: its version counters see every in-place write but one through `.data`.
-        """
-        checked: dict[int, torch.Tensor] = {}
-        for module in iter_modules(self.model):
-            if isinstance(module, MuDPTTextTower):
-                adapter = module.prompting_adapter()
-                if adapter is not None:
-                    fusion = module.mudpt_fusion[adapter]
-                    own = module.learned_prompts(adapter)
-                    other = module.partner.learned_prompts(adapter) if module.partner is not None else None
-                    for t in (own, other, *fusion.parameters(), *fusion.buffers()):
-                        if t is not None:
-                            checked[id(t)] = t
-            elif isinstance(module, BaseTunerLayer) and not isinstance(module, MuDPTTower):
-                for name in module.adapter_layer_names:
-                    container = getattr(module, name, None)
-                    if not isinstance(container, (nn.ModuleDict, nn.ParameterDict)):
-                        continue
-                    for adapter in module.active_adapters:
-                        item = container[adapter] if adapter in container else None
-                        tensors = [item] if isinstance(item, torch.Tensor) else []
-                        if isinstance(item, nn.Module):
-                            tensors = [*item.parameters(), *item.buffers()]
-                        checked.update((id(t), t) for t in tensors)
-        return [t for t in checked.values() if t.requires_grad or t.is_inference()]
+        """The tensors whose values are compared with a snapshot before cached class features are reused."""
+        return self._state()[1]
 
     def _cached(self) -> torch.Tensor | None:
         """The cached class features if nothing they depend on has changed since they were computed, else `None`."""
         cache = self._cache
-        if cache is None or cache.key != self._cache_key():
+        if cache is None:
             return None
-        tensors = self._value_checked()
-        if len(tensors) != len(cache.values) or any(
-            t is not reference for t, (reference, _) in zip(tensors, cache.values, strict=True)
-        ):
+        key, tensors = self._state()
+        if key != cache.key or len(tensors) != len(cache.values):
+            return None
+        if any(t is not reference for t, (reference, _) in zip(tensors, cache.values, strict=True)):
             return None
         return cache.features if _all_equal(cache.values) else None
 
@@ -225,9 +227,9 @@ class PromptClassifier(nn.Module):
             return self._encode_classes()
         features = self._cached()
         if features is None:
-            key = self._cache_key()
+            key, tensors = self._state()
             with torch.no_grad():
-                snapshots = [(t, t.detach().clone()) for t in self._value_checked()]
+                snapshots = [(t, t.detach().clone()) for t in tensors]
                 features = self._encode_classes()
             self._cache = _ClassFeatureCache(key, snapshots, features)
         return features

@@ -339,3 +339,14 @@ def test_an_adapter_loaded_for_inference_is_keyed_by_versions(tokenizer, tmp_pat
     randomize_adapter(saved, seed=4)
     saved.save_pretrained(tmp_path)
     assert_fresh_after(classifier, tokenizer, lambda: model.load_adapter(tmp_path, adapter_name="default"))
+
+
+def test_other_peft_adapters_are_value_checked_too(tokenizer):
+    """A LoRA-adapted CLIP in a PromptClassifier: a `.data` write into a trainable LoRA weight is seen."""
+    from peft import LoraConfig
+
+    model = get_peft_model(clip_for_tokenizer(), LoraConfig(target_modules=["q_proj"], r=2, init_lora_weights=False))
+    classifier = PromptClassifier(model, tokenizer, CLASSES).eval()
+    lora_b = next(p for n, p in model.named_parameters() if "text_model" in n and "lora_B" in n)
+    assert any(t is lora_b for t in classifier._value_checked())
+    assert_fresh_after(classifier, tokenizer, lambda: lora_b.data.add_(1.0))
