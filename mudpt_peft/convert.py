@@ -677,15 +677,7 @@ def _plan_mudpt_linear_current(plan: _Plan) -> None:
             "`apply_last_deep_set` is for early-format `mudpt.py` checkpoints; this one has the current format, whose "
             "forward applies every deep prompt set. Leave it unset."
         )
-    n_ctx = plan.prompt("mudpt_prompt_learner.ctx", "text", 0, None)
-    vision_n_ctx = plan.prompt("image_encoder.visual_ctx", "vision", 0, n_ctx)
-    text_deep = plan.stacked_prompts("mudpt_prompt_learner.deep_prompts", "text", n_ctx)
-    vision_deep = plan.stacked_prompts("image_encoder.visual_ctx_deep_prompts", "vision", vision_n_ctx)
-    if text_deep != vision_deep:
-        plan.bad_shapes.append(
-            f"`mudpt_prompt_learner.deep_prompts` holds {text_deep} deep prompt sets but "
-            f"`image_encoder.visual_ctx_deep_prompts` holds {vision_deep}; they must be equal"
-        )
+    n_ctx, vision_n_ctx, text_deep = _plan_stacked_prompts(plan, "mudpt_prompt_learner")
     what = "Linear text width -> vision width"
     plan.linear(
         "mudpt_prompt_learner.embed_projection", "vision", "first_projection", g.text_width, g.vision_width, what
@@ -743,17 +735,24 @@ def _plan_mudpt_linear_v1(plan: _Plan) -> None:
     plan.overrides.update(depth=1 + used, n_ctx=n_ctx or 1)
 
 
-def _plan_mudpt(plan: _Plan) -> None:
-    g = plan.geometry
-    n_ctx = plan.prompt("uumudpt_prompt_learner.ctx", "text", 0, None)
+def _plan_stacked_prompts(plan: _Plan, learner: str) -> tuple[int | None, int | None, int]:
+    """Plan the layer-0 prompts and the stacked deep prompts of both towers (the current `mudpt.py` and
+    `uumudpt.py`): `(n_ctx, vision_n_ctx, deep prompt sets)`."""
+    n_ctx = plan.prompt(f"{learner}.ctx", "text", 0, None)
     vision_n_ctx = plan.prompt("image_encoder.visual_ctx", "vision", 0, n_ctx)
-    text_deep = plan.stacked_prompts("uumudpt_prompt_learner.deep_prompts", "text", n_ctx)
+    text_deep = plan.stacked_prompts(f"{learner}.deep_prompts", "text", n_ctx)
     vision_deep = plan.stacked_prompts("image_encoder.visual_ctx_deep_prompts", "vision", vision_n_ctx)
     if text_deep != vision_deep:
         plan.bad_shapes.append(
-            f"`uumudpt_prompt_learner.deep_prompts` holds {text_deep} deep prompt sets but "
+            f"`{learner}.deep_prompts` holds {text_deep} deep prompt sets but "
             f"`image_encoder.visual_ctx_deep_prompts` holds {vision_deep}; they must be equal"
         )
+    return n_ctx, vision_n_ctx, text_deep
+
+
+def _plan_mudpt(plan: _Plan) -> None:
+    g = plan.geometry
+    n_ctx, vision_n_ctx, text_deep = _plan_stacked_prompts(plan, "uumudpt_prompt_learner")
     # the MLP width of the official blocks is 4 x width; read it from the checkpoint in case a trainer changed it
     mlp_ratio = 4.0
     for key, width in (
