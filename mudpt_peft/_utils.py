@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+
+def check_class_names(class_names: Sequence[str]) -> list[str]:
+    """The class names as a list of strings; a `ValueError` for a string, `None` or an empty list."""
+    if isinstance(class_names, str) or class_names is None or len(class_names) == 0:
+        raise ValueError(
+            "`class_names` must be a non-empty list of class names in label order, e.g. `dataset.features['label']"
+            ".names`."
+        )
+    return [str(name) for name in class_names]
 
 
 def first_float_parameter(module: nn.Module) -> torch.nn.Parameter:

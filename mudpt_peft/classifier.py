@@ -14,7 +14,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from ._utils import base_model_of, first_float_parameter, iter_modules, projected_features
+from ._utils import base_model_of, check_class_names, first_float_parameter, iter_modules, projected_features
 from .adapter_files import load_classifier_info
 from .compat import check_base_model
 from .layer import MuDPTTextTower, MuDPTTower
@@ -145,9 +145,7 @@ class PromptClassifier(nn.Module):
 
     @class_names.setter
     def class_names(self, class_names: Sequence[str]) -> None:
-        if isinstance(class_names, str) or not class_names:
-            raise ValueError("`class_names` must be a non-empty list of class names.")
-        names = [str(name) for name in class_names]
+        names = check_class_names(class_names)
         prompts = [self.template.format(name) for name in names]
         tokens = self.tokenizer(prompts, padding="longest", return_tensors="pt")
         device = first_float_parameter(self.model).device

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ._utils import check_class_names
+
 __all__ = [
     "BaseToNewSplit",
     "ImageClassificationCollator",
@@ -44,15 +46,6 @@ def _check_column(dataset: Any, column: str, role: str, argument: str) -> None:
         )
 
 
-def _check_class_names(class_names: Sequence[str]) -> list[str]:
-    if isinstance(class_names, str) or class_names is None or len(class_names) == 0:
-        raise ValueError(
-            "`class_names` must be a non-empty list of class names in label order, e.g. `dataset.features['label']"
-            ".names`."
-        )
-    return [str(name) for name in class_names]
-
-
 def _class_label_names(dataset: Any, label_column: str) -> list[str] | None:
     features = getattr(dataset, "features", None)
     feature = features.get(label_column) if features is not None else None
@@ -83,7 +76,7 @@ def check_image_classification_dataset(
         label_column (`str`, defaults to `"label"`):
             The column with the integer labels.
     """
-    class_names = _check_class_names(class_names)
+    class_names = check_class_names(class_names)
     if _column_names(dataset) is None:
         return
     _check_column(dataset, image_column, "image", "image_column")
@@ -381,7 +374,7 @@ def base_to_new(dataset: Any, class_names: Sequence[str], label_column: str = "l
     Returns:
         [`BaseToNewSplit`]: `(base, base_class_names, new, new_class_names)`.
     """
-    class_names = _check_class_names(class_names)
+    class_names = check_class_names(class_names)
     if len(class_names) < 2:
         raise ValueError(f"A base-to-new split needs at least 2 classes, got {len(class_names)}: {class_names}.")
     labels = _labels_of(dataset, label_column, "base_to_new")

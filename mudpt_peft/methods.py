@@ -63,69 +63,34 @@ class Method:
 _SGD_5 = {"num_train_epochs": 5, "per_device_train_batch_size": 4}
 _SGD_10 = {"num_train_epochs": 10, "per_device_train_batch_size": 4}
 
+_MMPL = "muzairkhattak/multimodal-prompt-learning trainers/"
+_MEASURED = "MuDPT's, learning rate measured (benchmarks/lr_sweep.sh)"
+_ROWS = (
+    Method("coop", {"text_prompts": True, "vision_prompts": False, "fusion": "none", "depth": 1, "n_ctx": 16},
+           {"learning_rate": 0.002, "num_train_epochs": 200, "per_device_train_batch_size": 32},
+           official="KaiyangZhou/CoOp trainers/coop.py", n_ctx_with_ctx_init=4),
+    Method("vpt", {"text_prompts": False, "vision_prompts": True, "fusion": "none", "depth": 12, "vision_n_ctx": 8},
+           {"learning_rate": 0.0025, **_SGD_5}, official=_MMPL + "vpt.py"),
+    Method("ivlp", {"fusion": "none", "depth": 9, "n_ctx": 2}, {"learning_rate": 0.0035, **_SGD_5},
+           official=_MMPL + "independentVL.py"),
+    Method("maple", {"fusion": "text_to_vision", "depth": 9, "n_ctx": 2}, {"learning_rate": 0.0035, **_SGD_5},
+           official=_MMPL + "maple.py"),
+    Method("mudpt", {"fusion": "injection", "depth": 9, "n_ctx": 2}, {"learning_rate": 0.0025, **_SGD_10},
+           official="YzM1a0/MuDPT trainers/uumudpt.py"),
+    # the current official `trainers/mudpt.py` ("3. finish uumudpt" on) and its early revisions
+    Method("mudpt-linear", {"fusion": "shared_linear", "depth": 9, "n_ctx": 2}, {"learning_rate": 0.005, **_SGD_10},
+           official="YzM1a0/MuDPT trainers/mudpt.py (current)", recipe_source=_MEASURED + ", per-layer variant"),
+    Method("mudpt-linear-v1", {"fusion": "linear", "depth": 9, "n_ctx": 2}, {"learning_rate": 0.005, **_SGD_10},
+           official="YzM1a0/MuDPT trainers/mudpt.py (early revisions)", recipe_source=_MEASURED),
+    Method("cross-attention", {"fusion": "cross_attention", "depth": 9, "n_ctx": 2},
+           {"learning_rate": 0.00125, **_SGD_10}, recipe_source=_MEASURED),
+)  # fmt: skip
+
 #: Every method, by name. Recipes: the official ones where they exist (CoOp: `configs/trainers/CoOp/vit_b16*.yaml`;
 #: IVLP, MaPLe, VPT: the MaPLe repository's `configs/trainers/*/vit_b16_c2_ep5_batch4_*.yaml`; MuDPT: the MuDPT
 #: paper), kept where a learning-rate sweep on the embedded tiny CLIP confirmed them (within 1 point of the best of
 #: 0.5x / 1x / 2x, see docs/train.md); the measured best for the methods without an official recipe.
-METHODS: Mapping[str, Method] = MappingProxyType(
-    {
-        method.name: method
-        for method in (
-            Method(
-                "coop",
-                {"text_prompts": True, "vision_prompts": False, "fusion": "none", "depth": 1, "n_ctx": 16},
-                {"learning_rate": 0.002, "num_train_epochs": 200, "per_device_train_batch_size": 32},
-                official="KaiyangZhou/CoOp trainers/coop.py",
-                n_ctx_with_ctx_init=4,
-            ),
-            Method(
-                "vpt",
-                {"text_prompts": False, "vision_prompts": True, "fusion": "none", "depth": 12, "vision_n_ctx": 8},
-                {"learning_rate": 0.0025, **_SGD_5},
-                official="muzairkhattak/multimodal-prompt-learning trainers/vpt.py",
-            ),
-            Method(
-                "ivlp",
-                {"fusion": "none", "depth": 9, "n_ctx": 2},
-                {"learning_rate": 0.0035, **_SGD_5},
-                official="muzairkhattak/multimodal-prompt-learning trainers/independentVL.py",
-            ),
-            Method(
-                "maple",
-                {"fusion": "text_to_vision", "depth": 9, "n_ctx": 2},
-                {"learning_rate": 0.0035, **_SGD_5},
-                official="muzairkhattak/multimodal-prompt-learning trainers/maple.py",
-            ),
-            Method(
-                "mudpt",
-                {"fusion": "injection", "depth": 9, "n_ctx": 2},
-                {"learning_rate": 0.0025, **_SGD_10},
-                official="YzM1a0/MuDPT trainers/uumudpt.py",
-            ),
-            # the current official `trainers/mudpt.py` ("3. finish uumudpt" on) and its early revisions
-            Method(
-                "mudpt-linear",
-                {"fusion": "shared_linear", "depth": 9, "n_ctx": 2},
-                {"learning_rate": 0.005, **_SGD_10},
-                official="YzM1a0/MuDPT trainers/mudpt.py (current)",
-                recipe_source="MuDPT's, learning rate measured on the per-layer variant (benchmarks/lr_sweep.sh)",
-            ),
-            Method(
-                "mudpt-linear-v1",
-                {"fusion": "linear", "depth": 9, "n_ctx": 2},
-                {"learning_rate": 0.005, **_SGD_10},
-                official="YzM1a0/MuDPT trainers/mudpt.py (early revisions)",
-                recipe_source="MuDPT's, learning rate measured (benchmarks/lr_sweep.sh)",
-            ),
-            Method(
-                "cross-attention",
-                {"fusion": "cross_attention", "depth": 9, "n_ctx": 2},
-                {"learning_rate": 0.00125, **_SGD_10},
-                recipe_source="MuDPT's, learning rate measured (benchmarks/lr_sweep.sh)",
-            ),
-        )
-    }
-)
+METHODS: Mapping[str, Method] = MappingProxyType({method.name: method for method in _ROWS})
 
 
 def normalize_method(method: str, allowed: Mapping[str, Any] | None = None) -> str:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._utils import first_float_parameter, projected_features
+from ._utils import check_class_names, first_float_parameter, projected_features
 from .classifier import PromptClassifier
 
 __all__ = ["alignment"]
@@ -64,8 +64,7 @@ def alignment(
     Returns:
         `dict[str, float]`: `matched_similarity`, `margin`, `modality_gap`, `accuracy`, and `num_examples`.
     """
-    if isinstance(class_names, str) or not class_names:
-        raise ValueError("`class_names` must be a non-empty list of class names in label order.")
+    class_names = check_class_names(class_names)
     labels = torch.as_tensor(labels, dtype=torch.long).flatten()
     if isinstance(images_or_pixel_values, torch.Tensor):
         pixel_values = images_or_pixel_values

@@ -15,7 +15,7 @@ from peft import PeftModel
 from transformers import EvalPrediction, Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from ._utils import first_float_parameter, model_image_size
+from ._utils import check_class_names, first_float_parameter, model_image_size
 from .classifier import PromptClassifier
 from .data import ImageClassificationCollator, check_image_classification_dataset
 from .evaluation import accuracy_metrics, dataset_name_of, split_of
@@ -208,11 +208,7 @@ class PromptTuningTrainer(Trainer):
                 "`compute_loss_func` is not supported: the loss is the classifier's cross-entropy (set "
                 "`label_smoothing_factor` in the TrainingArguments, or subclass and override `compute_loss`)."
             )
-        if isinstance(class_names, str) or class_names is None or len(class_names) == 0:
-            raise ValueError(
-                "`class_names` must be a non-empty list of class names in label order, e.g. "
-                "`dataset.features['label'].names`."
-            )
+        class_names = check_class_names(class_names)
         if not isinstance(template, str) or "{}" not in template:
             raise ValueError(f"`template` must contain '{{}}' where the class name goes, got {template!r}.")
         if processor is not None:
