@@ -53,6 +53,15 @@ def test_peft_model_from_pretrained_and_load_adapter_refuse_a_mixed_folder(mixed
     assert list(model.peft_config) == ["default"] and torch.equal(logits(model, inputs), before)
 
 
+def test_from_pretrained_with_a_given_config_refuses_a_mixed_folder(mixed):
+    """`PeftModel.from_pretrained(..., config=...)` reads no config itself: the tuner still checks the tensors."""
+    _, bad = mixed
+    base = make_clip()
+    with pytest.raises(ValueError, match=MISMATCH):
+        PeftModel.from_pretrained(base, bad, config=PeftConfig.from_pretrained(bad))
+    assert not any(isinstance(m, MuDPTLayer) for m in base.modules())  # the half-loaded adapter was removed
+
+
 def test_peft_config_from_pretrained_then_loading_the_tensors_is_refused(mixed):
     """`PeftConfig.from_pretrained` is peft's own reader (no MuDPT code runs); the tuner checks the tensors when
     `set_peft_model_state_dict` loads them, and removes the half-loaded adapter."""
