@@ -135,7 +135,8 @@ class MuDPTConfig(PeftConfig):
             `injection_layers * (4 + 2 * injection_mlp_ratio) <= 288`. A block of source width `w` holds about
             `(4 + 2 * ratio) * w**2` weights, so this bounds each Injection Model's blocks by the weights of 24 CLIP
             blocks (MLP ratio 4): 24 blocks of ratio 4, or 8 of ratio 16. The largest accepted pair of Injection
-            Models is then about as large as the base model (0.25 B weights for ViT-B/16, 0.5 B for ViT-L/14).
+            Models is then about as large as the base model: 0.25 B weights on ViT-B/16 (base: 0.15 B), 0.47 B on
+            ViT-L/14 (base: 0.43 B).
         injection_heads (`int`, *optional*):
             Attention heads of the Injection Model blocks; defaults to `width // 64` (at least 1) of the source tower.
             `1..256`, and must divide both widths (checked against the model; 256 heads are 8 wide at width 2048).
