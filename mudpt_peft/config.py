@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import reprlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,13 +17,61 @@ from .adapter_files import SAFETENSORS_WEIGHTS_NAME, TENSORS_FINGERPRINT_KEY, WE
 from .fusion import FUSIONS
 from .methods import METHODS, normalize_method
 
+#: Upper bounds of the size-like fields, checked in `MuDPTConfig.__post_init__` before anything is built (the field
+#: docstrings say why each is generous for research yet keeps a refused config cheap to refuse).
+MAX_DEPTH = 1024
+MAX_N_CTX = 1024
+MAX_INJECTION_LAYERS = 24
+MAX_MLP_RATIO = 16.0
+#: `injection_layers * (4 + 2 * injection_mlp_ratio)`, the weights of one Injection Model's blocks in units of
+#: `width**2`, is at most that of 24 CLIP blocks of MLP ratio 4 (`24 * 12`).
+MAX_INJECTION_BLOCK_WEIGHTS = 288
+MAX_HEADS = 256
+MAX_CTX_INIT_CHARS = 16384
+#: Values quoted in error messages are cut to this many characters.
+REPR_LIMIT = 200
 
-def _check_int(name: str, value: object, minimum: int, optional: bool = False) -> None:
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 2, 8, 8, 8, 8
+_REPR.maxstring, _REPR.maxlong, _REPR.maxother = REPR_LIMIT, 60, REPR_LIMIT
+
+
+def short_repr(value: object, limit: int = REPR_LIMIT) -> str:
+    """`repr(value)` for an error message: at most `limit` characters, and cheap for huge values (a list of millions
+    of items, a string of megabytes, an integer of thousands of digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        text = f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    else:
+        try:
+            text = _REPR.repr(value)
+        except Exception:  # a repr that fails says nothing useful: name the type
+            text = f"<a {type(value).__name__}>"
+    if isinstance(value, (list, tuple, dict, set)) and len(value) > _REPR.maxlist:
+        text += f" ({len(value)} items)"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _got(value: object) -> str:
+    """The refused value for a message, with its type unless it is an int or float."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return short_repr(value)
+    return f"{short_repr(value)} (a {type(value).__name__})"
+
+
+def _check_int(name: str, value: object, minimum: int, maximum: int, optional: bool = False) -> None:
+    """An `int` (not a `bool`, float or string) in `minimum..maximum`, or None when `optional`."""
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (" or None" if optional else "")
-        raise ValueError(f"`{name}` must be {allowed}, got {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        allowed = f"an integer in {minimum}..{maximum}" + (" or None" if optional else "")
+        raise ValueError(f"`{name}` must be {allowed}, got {_got(value)}.")
+
+
+def _is_finite_number(value: object) -> bool:
+    """An `int` or `float` (not a `bool`) that is neither NaN nor infinite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)  # every int is finite (and may not fit a float)
 
 
 @dataclass
@@ -51,40 +101,65 @@ class MuDPTConfig(PeftConfig):
             `"text_to_vision"` (MaPLe), `"none"` (independent prompts) or `"cross_attention"`.
         depth (`int`, defaults to 9):
             Number of layers that get prompts, counting the input layer: prompts are used at layers `0..depth-1`, i.e.
-            `depth - 1` deep prompt sets (`PROMPT_DEPTH` in the official code).
+            `depth - 1` deep prompt sets (`PROMPT_DEPTH` in the official code). `1..1024`, and at most the layer count
+            of each prompted tower (checked against the model before any weight is created): the real bound is the
+            model's; 1024 only refuses absurd values before a model is seen (the deepest CLIP-like towers have 48).
         text_depth (`int`, *optional*):
-            Overrides `depth` for the text tower.
+            Overrides `depth` for the text tower (same bounds).
         vision_depth (`int`, *optional*):
-            Overrides `depth` for the vision tower.
+            Overrides `depth` for the vision tower (same bounds).
         n_ctx (`int`, defaults to 2):
-            Number of learned text prompt tokens per layer.
+            Number of learned text prompt tokens per layer. `1..1024`, and with text prompts the prompts and at least
+            one text token must fit the text tower's `max_position_embeddings` (checked against the model).
         vision_n_ctx (`int`, *optional*):
-            Number of learned visual prompt tokens per layer; defaults to `n_ctx`.
+            Number of learned visual prompt tokens per layer; defaults to `n_ctx`. `1..1024`: a fixed cap rather than
+            one relative to the patch count, which varies with the resolution (variable-resolution towers, position
+            interpolation) and is smaller than real prompt counts on small inputs (VPT uses 8 prompts, its paper up to
+            200 on ViT-B/16's 197 tokens; MuDPT uses 2-16). At the cap the visual prompts of a layer hold
+            `1024 * width` values, fewer than one encoder layer's `12 * width**2` weights for any width >= 86, and the
+            sequence is at most 1024 tokens longer.
         ctx_init (`str`, *optional*):
             Words such as `"a photo of a"` whose token embeddings (from the base model's own embedding table)
             initialise the layer-0 text prompts. When their token count differs from `n_ctx`, `n_ctx` is set to it (with
-            a warning).
+            a warning); that count must be at most 1024 too. At most 16384 characters (16 per token at the cap), so
+            that tokenizing it stays instant.
         ctx_init_token_ids (`list[int]`, *optional*):
             The token ids of `ctx_init`, filled in when the adapter is created so that re-creating it (e.g. when
-            loading) needs no tokenizer. Can also be given directly instead of `ctx_init`.
+            loading) needs no tokenizer. Can also be given directly instead of `ctx_init`. One id >= 0 per text prompt
+            token (so `1..1024` ids), each below the text vocabulary size (checked against the model).
         tokenizer_name_or_path (`str`, *optional*):
             Tokenizer used to tokenize `ctx_init`; defaults to the base model's `name_or_path`.
         injection_layers (`int`, defaults to 1):
             Number of transformer blocks in each Injection Model (0 keeps only the norms and the linear head).
+            `0..24` (the paper uses 1; 24 is the depth of ViT-L's vision tower), and with `injection_mlp_ratio`:
+            `injection_layers * (4 + 2 * injection_mlp_ratio) <= 288`. A block of source width `w` holds about
+            `(4 + 2 * ratio) * w**2` weights, so this bounds each Injection Model's blocks by the weights of 24 CLIP
+            blocks (MLP ratio 4): 24 blocks of ratio 4, or 8 of ratio 16. The largest accepted pair of Injection
+            Models is then about as large as the base model: 0.25 B weights on ViT-B/16 (base: 0.15 B), 0.47 B on
+            ViT-L/14 (base: 0.43 B).
         injection_heads (`int`, *optional*):
             Attention heads of the Injection Model blocks; defaults to `width // 64` (at least 1) of the source tower.
+            `1..256`, and must divide both widths (checked against the model; 256 heads are 8 wide at width 2048).
         injection_mlp_ratio (`float`, defaults to 4.0):
-            Hidden size of the blocks' MLP as a multiple of the source width.
+            Hidden size of the blocks' MLP as a multiple of the source width. A finite number in `(0, 16]` (CLIP
+            uses 4), within the budget given under `injection_layers`.
         injection_dropout (`float`, defaults to 0.0):
-            Dropout on the attention weights and the residual branches of the Injection Model blocks.
+            Dropout on the attention weights and the residual branches of the Injection Model blocks; in `[0, 1)`.
         injection_init_std (`float`, defaults to 0.02):
-            Standard deviation of the normal initialisation of the Injection Model's weights.
+            Standard deviation of the normal initialisation of the Injection Model's weights; finite and > 0.
         cross_attention_heads (`int`, *optional*):
             Attention heads of `fusion="cross_attention"`; defaults to `width // 64` (at least 1) of the target tower.
+            `1..256`, and must divide both widths (checked against the model).
         cross_attention_dropout (`float`, defaults to 0.0):
-            Dropout on the attention weights of `fusion="cross_attention"`.
+            Dropout on the attention weights of `fusion="cross_attention"`; in `[0, 1)`.
         prompt_init_std (`float`, defaults to 0.02):
-            Standard deviation of the normal initialisation of the prompts.
+            Standard deviation of the normal initialisation of the prompts; finite and > 0.
+
+    Integer fields take Python `int`s only (not `bool`, `float` such as `2.0` or strings such as `"2"`); float fields
+    take `int` or `float` but not `bool`, NaN or infinity. Every bound is checked in `__post_init__`, or against the
+    model before any weight is created, so that an `adapter_config.json` from anyone is refused in well under a second
+    and a few MB; a refusal is a `ValueError` that names the field, the value (cut to 200 characters) and the allowed
+    range.
 
     Configs saved before `cross_attention_heads` / `cross_attention_dropout` existed kept those settings in
     `injection_heads` / `injection_dropout`; they are read into the new fields, so such adapters load unchanged.
@@ -146,34 +221,55 @@ class MuDPTConfig(PeftConfig):
                 self.cross_attention_heads, self.injection_heads = self.injection_heads, None
             if self.cross_attention_dropout == 0.0 and self.injection_dropout:
                 self.cross_attention_dropout, self.injection_dropout = self.injection_dropout, 0.0
-        _check_int("depth", self.depth, 1)
-        _check_int("text_depth", self.text_depth, 1, optional=True)
-        _check_int("vision_depth", self.vision_depth, 1, optional=True)
-        _check_int("n_ctx", self.n_ctx, 1)
-        _check_int("vision_n_ctx", self.vision_n_ctx, 1, optional=True)
-        _check_int("injection_layers", self.injection_layers, 0)
-        _check_int("injection_heads", self.injection_heads, 1, optional=True)
-        if not (isinstance(self.injection_mlp_ratio, (int, float)) and self.injection_mlp_ratio > 0):
-            raise ValueError(f"`injection_mlp_ratio` must be a number > 0, got {self.injection_mlp_ratio!r}.")
-        _check_int("cross_attention_heads", self.cross_attention_heads, 1, optional=True)
+        _check_int("depth", self.depth, 1, MAX_DEPTH)
+        _check_int("text_depth", self.text_depth, 1, MAX_DEPTH, optional=True)
+        _check_int("vision_depth", self.vision_depth, 1, MAX_DEPTH, optional=True)
+        _check_int("n_ctx", self.n_ctx, 1, MAX_N_CTX)
+        _check_int("vision_n_ctx", self.vision_n_ctx, 1, MAX_N_CTX, optional=True)
+        _check_int("injection_layers", self.injection_layers, 0, MAX_INJECTION_LAYERS)
+        _check_int("injection_heads", self.injection_heads, 1, MAX_HEADS, optional=True)
+        ratio = self.injection_mlp_ratio
+        if not (_is_finite_number(ratio) and 0 < ratio <= MAX_MLP_RATIO):
+            raise ValueError(
+                f"`injection_mlp_ratio` must be a finite number in (0, {MAX_MLP_RATIO:g}], got {_got(ratio)}."
+            )
+        if self.injection_layers * (4 + 2 * ratio) > MAX_INJECTION_BLOCK_WEIGHTS:
+            raise ValueError(
+                f"`injection_layers`={self.injection_layers} with `injection_mlp_ratio`={ratio:g} makes Injection "
+                f"Model blocks of {self.injection_layers * (4 + 2 * ratio):g} x width**2 weights; allowed: "
+                f"`injection_layers` x (4 + 2 x `injection_mlp_ratio`) <= {MAX_INJECTION_BLOCK_WEIGHTS}, the weights "
+                "of 24 CLIP blocks of MLP ratio 4 (e.g. 24 blocks of ratio 4, or 8 of ratio 16)."
+            )
+        _check_int("cross_attention_heads", self.cross_attention_heads, 1, MAX_HEADS, optional=True)
         for name in ("injection_dropout", "cross_attention_dropout"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
-                raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
+            if not (_is_finite_number(value) and 0.0 <= value < 1.0):
+                raise ValueError(f"`{name}` must be in [0, 1), got {_got(value)}.")
         for name in ("prompt_init_std", "injection_init_std"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not (isinstance(value, (int, float)) and value > 0):
-                raise ValueError(f"`{name}` must be a number > 0, got {value!r}.")
-        if self.ctx_init is not None and (not isinstance(self.ctx_init, str) or not self.ctx_init.strip()):
-            raise ValueError(f"`ctx_init` must be a non-empty string such as 'a photo of a', got {self.ctx_init!r}.")
+            if not (_is_finite_number(value) and value > 0):
+                raise ValueError(f"`{name}` must be a number > 0 (and finite), got {_got(value)}.")
+        if self.ctx_init is not None and (
+            not isinstance(self.ctx_init, str) or not self.ctx_init.strip() or len(self.ctx_init) > MAX_CTX_INIT_CHARS
+        ):
+            raise ValueError(
+                f"`ctx_init` must be a non-empty string such as 'a photo of a' of at most {MAX_CTX_INIT_CHARS} "
+                f"characters, got {_got(self.ctx_init)}"
+                + (f" of {len(self.ctx_init)} characters." if isinstance(self.ctx_init, str) else ".")
+            )
         if self.ctx_init_token_ids is not None:
             ids = self.ctx_init_token_ids
-            if (
-                not isinstance(ids, (list, tuple))
-                or not ids
-                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)
-            ):
-                raise ValueError(f"`ctx_init_token_ids` must be a non-empty list of token ids, got {ids!r}.")
+            if not isinstance(ids, (list, tuple)) or not 1 <= len(ids) <= MAX_N_CTX:
+                raise ValueError(
+                    f"`ctx_init_token_ids` must be a list of 1..{MAX_N_CTX} token ids (one per text prompt token), "
+                    f"got {_got(ids)}."
+                )
+            bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int) or i < 0]
+            if bad:
+                raise ValueError(
+                    f"`ctx_init_token_ids` must be a list of token ids (integers >= 0), got {short_repr(ids)}, "
+                    f"which holds {_got(bad[0])}."
+                )
             self.ctx_init_token_ids = list(ids)
             if len(ids) != self.n_ctx:
                 raise ValueError(
@@ -185,10 +281,10 @@ class MuDPTConfig(PeftConfig):
         """The towers and the coupling fit together, as the fusion declares (see `mudpt_peft.fusion.Fusion`)."""
         for name in ("text_prompts", "vision_prompts"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"`{name}` must be True or False, got {getattr(self, name)!r}.")
+                raise ValueError(f"`{name}` must be True or False, got {_got(getattr(self, name))}.")
         fusion = FUSIONS.get(self.fusion) if isinstance(self.fusion, str) else None
         if fusion is None:
-            raise ValueError(f"`fusion` must be one of {', '.join(FUSIONS)}; got {self.fusion!r}.")
+            raise ValueError(f"`fusion` must be one of {', '.join(FUSIONS)}; got {short_repr(self.fusion)}.")
         if not self.text_prompts and (self.ctx_init is not None or self.ctx_init_token_ids is not None):
             raise ValueError("`ctx_init` initialises text prompts, but `text_prompts=False`.")
         if not (self.text_prompts or self.vision_prompts):

@@ -20,7 +20,7 @@ from ._peft_type import MUDPT_PREFIX
 from ._utils import first_float_parameter
 from .adapter_files import TENSORS_FINGERPRINT_KEY, adapter_fingerprint, mismatch_message
 from .compat import base_model_record, check_base_model
-from .config import MuDPTConfig
+from .config import MAX_N_CTX, MuDPTConfig, short_repr
 from .families import FamilySpec, get_family_spec
 from .fusion import FUSIONS, FusionSide
 from .layer import (
@@ -239,15 +239,19 @@ class MuDPTModel(BaseTuner):
         missing = sorted(set(expected) - set(remapped))
         unexpected = sorted(set(remapped) - set(expected))
         if missing:
-            problems.append(f"missing tensors: {[cls._remove_adapter_name_from_key(k, adapter_name) for k in missing]}")
+            names = [cls._remove_adapter_name_from_key(k, adapter_name) for k in missing]
+            problems.append(f"missing tensors: {_some(names)}")
         if unexpected:
-            problems.append(f"unexpected tensors: {unexpected}")
-        for key in sorted(set(expected) & set(remapped)):
-            if tuple(expected[key].shape) != tuple(remapped[key].shape):
-                problems.append(
-                    f"{cls._remove_adapter_name_from_key(key, adapter_name)} has shape {tuple(remapped[key].shape)} "
-                    f"in the checkpoint but {tuple(expected[key].shape)} in this model"
-                )
+            problems.append(f"unexpected tensors: {_some(unexpected)}")
+        shapes = [
+            f"{short_repr(cls._remove_adapter_name_from_key(key, adapter_name))} has shape "
+            f"{tuple(remapped[key].shape)} in the checkpoint but {tuple(expected[key].shape)} in this model"
+            for key in sorted(set(expected) & set(remapped))
+            if tuple(expected[key].shape) != tuple(remapped[key].shape)
+        ]
+        problems += shapes[:_LISTED]
+        if len(shapes) > _LISTED:
+            problems.append(f"{len(shapes) - _LISTED} more tensors have other shapes")
         if problems:
             _discard_adapter(model, adapter_name)
             raise ValueError(
@@ -260,6 +264,15 @@ class MuDPTModel(BaseTuner):
 
 # --------------------------------------------------------------------------------------------------------------------
 # helpers
+
+#: How many tensor names an error message lists (an adapter config can describe thousands of tensors).
+_LISTED = 5
+
+
+def _some(names: list[str]) -> str:
+    """The first `_LISTED` of `names` for an error message (each cut short), and how many more there are."""
+    listed = ", ".join(short_repr(name) for name in names[:_LISTED])
+    return f"[{listed}" + (f", ... and {len(names) - _LISTED} more]" if len(names) > _LISTED else "]")
 
 
 def _check_fingerprint(model: nn.Module, config: MuDPTConfig, adapter_name: str, state_dict: dict) -> None:
@@ -339,7 +352,8 @@ def _resolve_ctx_init(config: MuDPTConfig, model: nn.Module, spec: FamilySpec) -
     vocab_size = spec.text_config(model).vocab_size
     if token_ids is not None and max(token_ids) >= vocab_size:
         raise ValueError(
-            f"`ctx_init_token_ids` {token_ids} contain ids outside the text vocabulary of {vocab_size} tokens; "
+            f"`ctx_init_token_ids` {short_repr(token_ids)} contain ids outside the text vocabulary of {vocab_size} "
+            f"tokens (allowed: 0..{vocab_size - 1}, found {short_repr(max(token_ids))}); "
             "was `ctx_init` tokenized with another model's tokenizer?"
         )
     return token_ids
@@ -348,9 +362,10 @@ def _resolve_ctx_init(config: MuDPTConfig, model: nn.Module, spec: FamilySpec) -
 def _tokenize_ctx_init(config: MuDPTConfig, model: nn.Module) -> None:
     """Tokenize `ctx_init` into `config.ctx_init_token_ids`, setting `n_ctx` to the token count (with a warning)."""
     source = config.tokenizer_name_or_path or getattr(model, "name_or_path", None) or None
+    words, where = short_repr(config.ctx_init), short_repr(source)
     if not source:
         raise ValueError(
-            f"`ctx_init`={config.ctx_init!r} needs a tokenizer, but the base model has no `name_or_path`. "
+            f"`ctx_init`={words} needs a tokenizer, but the base model has no `name_or_path`. "
             "Pass `tokenizer_name_or_path=<tokenizer id or local directory>` or `ctx_init_token_ids=[...]`."
         )
     from transformers import AutoTokenizer
@@ -359,16 +374,21 @@ def _tokenize_ctx_init(config: MuDPTConfig, model: nn.Module) -> None:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
         raise ValueError(
-            f"`ctx_init`={config.ctx_init!r} needs a tokenizer, but none could be loaded from {source!r} ({error}). "
+            f"`ctx_init`={words} needs a tokenizer, but none could be loaded from {where} ({str(error)[:500]}). "
             "Offline, pass `tokenizer_name_or_path=<local directory with the tokenizer files>` or "
             "`ctx_init_token_ids=[...]`."
         ) from error
     token_ids = list(tokenizer(config.ctx_init, add_special_tokens=False)["input_ids"])
     if not token_ids:
-        raise ValueError(f"`ctx_init`={config.ctx_init!r} produced no tokens with the tokenizer from {source!r}.")
+        raise ValueError(f"`ctx_init`={words} produced no tokens with the tokenizer from {where}.")
+    if len(token_ids) > MAX_N_CTX:  # it sets `n_ctx`, which has this bound
+        raise ValueError(
+            f"`ctx_init`={words} has {len(token_ids)} tokens with the tokenizer from {where}; it sets `n_ctx`, so "
+            f"allowed: 1..{MAX_N_CTX} tokens."
+        )
     if len(token_ids) != config.n_ctx:
         warnings.warn(
-            f"`ctx_init`={config.ctx_init!r} has {len(token_ids)} tokens, so `n_ctx` is set to {len(token_ids)} "
+            f"`ctx_init`={words} has {len(token_ids)} tokens, so `n_ctx` is set to {len(token_ids)} "
             f"(was {config.n_ctx}).",
             UserWarning,
             stacklevel=4,

@@ -3,6 +3,7 @@
 They run on the `smoke` shape (the ViT-B depth and the real tokenizer at toy widths), so that a change to the library
 or to transformers that breaks a script fails here rather than in the next measurement. No timing is asserted: the
 figures of a toy model on a shared machine mean nothing; only that every table is there and every ratio is a number.
+`hostile_configs.py` prints a row per hostile adapter config: here, that each is refused with a short message.
 """
 
 from __future__ import annotations
@@ -76,3 +77,16 @@ def test_perf_padding_prints_speedups_at_equal_logits():
     for row in rows:
         assert row[2].endswith("/ 77"), row
         assert float(row[8]) < 1e-4, row  # the logits agree whatever the padding
+
+
+def test_hostile_configs_prints_a_refusal_per_case():
+    output = run_script("hostile_configs.py", "--shape", "smoke")
+    lines = output.split("| --- |", 1)[1].splitlines()[1:]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines if line.startswith("| ")]
+    assert len(rows) == 12, output
+    for case, error, chars, seconds, peak, verdict in rows:
+        assert re.fullmatch(r"\d+\.\d{3}", seconds) and re.fullmatch(r"\d+\.\d", peak), (case, seconds, peak)
+        assert re.fullmatch(r"\d+", chars), (case, error)  # a ValueError, whatever the time it took
+        if verdict != "(not held to them)":
+            assert error.startswith("`") and int(chars) < 400, (case, error)  # names the field, briefly
+    assert "missing tensors" in rows[-1][1]
