@@ -364,7 +364,7 @@ def write_model_card(
 
         ```py
         >>> model.save_pretrained("out")
-        >>> mudpt_peft.hub.write_model_card(model, "out", {"dataset": "caltech101", "accuracy": 95.1, "shots": 16})
+        >>> mudpt_peft.write_model_card(model, "out", {"dataset": "caltech101", "accuracy": 95.1, "shots": 16})
         ```
     """
     peft_model, classifier = split_model(model)
