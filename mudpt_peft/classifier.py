@@ -56,9 +56,12 @@ def _active_adapter_tensors(layer: BaseTunerLayer) -> list[torch.Tensor]:
     return tensors
 
 
-def _all_equal(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> bool:
-    """Whether each tensor equals its snapshot exactly; off the CPU with one device synchronisation for all."""
-    if all(t.device.type == "cpu" for t, _ in pairs):
+def _all_equal(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], one_reduction: bool | None = None) -> bool:
+    """Whether each tensor equals its snapshot exactly. On the CPU `torch.equal` per pair; elsewhere (or with
+    `one_reduction=True`) one reduction over all pairs, so that a GPU synchronises once per check, not per tensor."""
+    if one_reduction is None:
+        one_reduction = not all(t.device.type == "cpu" for t, _ in pairs)
+    if not one_reduction:
         return all(torch.equal(t, snapshot) for t, snapshot in pairs)
     if not pairs:
         return True

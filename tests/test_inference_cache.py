@@ -350,3 +350,19 @@ def test_other_peft_adapters_are_value_checked_too(tokenizer):
     lora_b = next(p for n, p in model.named_parameters() if "text_model" in n and "lora_B" in n)
     assert any(t is lora_b for t in classifier._value_checked())
     assert_fresh_after(classifier, tokenizer, lambda: lora_b.data.add_(1.0))
+
+
+@pytest.mark.parametrize("one_reduction", [False, True])
+def test_the_value_comparison_on_both_paths(one_reduction):
+    """`_all_equal` per pair (CPU) and as one reduction (what a GPU runs, synchronising once): the same answers."""
+    from mudpt_peft.classifier import _all_equal
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 3, generator=generator), torch.randn(7, generator=generator)
+    assert _all_equal([(a, a.clone()), (b, b.clone())], one_reduction)
+    changed = b.clone()
+    changed[3] = torch.nextafter(changed[3], changed[3] + 1)  # one ulp
+    assert not _all_equal([(a, a.clone()), (b, changed)], one_reduction)
+    nan = torch.tensor([float("nan")])
+    assert not _all_equal([(nan, nan.clone())], one_reduction)  # NaN never equals: a miss, never a stale hit
+    assert _all_equal([], one_reduction)
