@@ -273,7 +273,7 @@ class CheckedAdapter:
     source: Source
     config_file: Path
     config: dict[str, Any]
-    weights_sha256: str | None  # of the safetensors file; None for pickled or absent weights
+    safetensors_file: Path | None  # None for pickled or absent weights
 
 
 def recorded_fingerprints(config: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -324,7 +324,7 @@ def _check_adapter(source: Source, require_weights: bool | None = None) -> Check
         actual = adapter_fingerprint(load_file(str(weights_file)))
         if actual != tensors_sha:
             raise ValueError(mismatch_message(source.describe(SAFETENSORS_WEIGHTS_NAME), tensors_sha, actual))
-    sha = file_sha256(weights_file)
+    sha = file_sha256(weights_file) if fingerprint is not None else None  # read only for a legacy fingerprint
     if fingerprint is not None and fingerprint != sha:
         raise ValueError(
             f"{source.describe(SAFETENSORS_WEIGHTS_NAME)} does not belong to its adapter_config.json: the config was "
@@ -333,7 +333,7 @@ def _check_adapter(source: Source, require_weights: bool | None = None) -> Check
             "the adapter again with `mudpt_peft.hub.save_pretrained` / `push_to_hub`, or restore both files from "
             "the same save."
         )
-    return CheckedAdapter(source, config_file, config, sha)
+    return CheckedAdapter(source, config_file, config, weights_file)
 
 
 def _check_pickled(
@@ -452,7 +452,7 @@ def load_classifier_info(
             f"reads version {CLASSIFIER_FORMAT}. Upgrade mudpt-peft."
         )
     expected = info.get("adapter_weights_sha256")
-    if expected is not None and expected != checked.weights_sha256:
+    if expected is not None and (checked.safetensors_file is None or expected != file_sha256(checked.safetensors_file)):
         raise ValueError(
             f"{source.describe(CLASSIFIER_CONFIG_NAME)} was saved with another adapter than the one beside it (its "
             "adapter_model.safetensors has changed since). Save the classifier again with "
