@@ -24,7 +24,7 @@ from ._peft_type import MUDPT_PEFT_TYPE, peft_type_value
 from ._version import __version__
 from .adapter_files import CLASSIFIER_CONFIG_NAME, CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, TENSORS_FINGERPRINT_KEY
 from .config import MuDPTConfig
-from .layer import MuDPTLayer
+from .layer import MuDPTLayer, MuDPTTower
 from .methods import card_tags, method_of
 
 if TYPE_CHECKING:
@@ -130,10 +130,16 @@ class _CardAdapter:
 
 
 def _adapter_parameters(model: PeftModel, adapter_name: str) -> int:
-    from peft import get_peft_model_state_dict
-
-    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
-    return sum(tensor.numel() for tensor in state.values())
+    """The number of values the adapter saves: its prompts and its fusion modules' state, in each tower (counted on
+    the towers: `get_peft_model_state_dict` would also fingerprint the tensors, as for a save)."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, MuDPTTower):
+            prompts = module.learned_prompts(adapter_name)
+            total += 0 if prompts is None else prompts.numel()
+            if adapter_name in module.mudpt_fusion:
+                total += sum(t.numel() for t in module.mudpt_fusion[adapter_name].state_dict().values())
+    return total
 
 
 def _model_card_text(
@@ -469,9 +475,10 @@ def _active_mudpt_configs(model: Any) -> list[Any]:
 def record_eval_result(model: Any, result: Mapping[str, Any]) -> None:
     """Remember an evaluation result of `model`'s active MuDPT adapter(s), for their model card.
 
-    [`evaluate`] and `PromptTuningTrainer.evaluate` call this. The result is kept with the adapter's config in memory
-    (not in `adapter_config.json`) and listed in the "Evaluation" section and the `model-index` metadata of the model
-    card that a later `model.push_to_hub`, `model.save_pretrained` or `mudpt_peft.hub` helper writes. A later result
+    `mudpt_peft.evaluate` and `PromptTuningTrainer.evaluate` call this. The result is kept with the adapter's config in
+    memory (not in `adapter_config.json`) and listed in the "Evaluation" section and the `model-index` metadata of the
+    MuDPT model card that a later [`write_model_card`], `mudpt_peft.hub` helper or `PromptTuningTrainer` checkpoint
+    writes (a plain `model.save_pretrained` / `push_to_hub` writes peft's / transformers' card). A later result
     for the same dataset, split, shots and seed replaces the earlier one. Nothing is recorded for a model without a
     MuDPT adapter (zero-shot CLIP) or inside `disable_adapter()`.
 
