@@ -210,25 +210,23 @@ class PromptClassifier(nn.Module):
         """The tensors whose values are compared with a snapshot before cached class features are reused."""
         return self._state()[1]
 
-    def _cached(self) -> torch.Tensor | None:
-        """The cached class features if nothing they depend on has changed since they were computed, else `None`."""
-        cache = self._cache
-        if cache is None:
-            return None
+    def _cached(self) -> tuple[torch.Tensor | None, tuple, list[torch.Tensor]]:
+        """`(cached class features, or None if anything they depend on has changed, key, value-checked tensors)`: the
+        state is returned too, so that a miss does not walk the model again."""
         key, tensors = self._state()
-        if key != cache.key or len(tensors) != len(cache.values):
-            return None
+        cache = self._cache
+        if cache is None or key != cache.key or len(tensors) != len(cache.values):
+            return None, key, tensors
         if any(t is not reference for t, (reference, _) in zip(tensors, cache.values, strict=True)):
-            return None
-        return cache.features if _all_equal(cache.values) else None
+            return None, key, tensors
+        return (cache.features if _all_equal(cache.values) else None), key, tensors
 
     def encode_classes(self) -> torch.Tensor:
         """The L2-normalised class features, shape `(classes, dim)`; cached in eval mode."""
         if self.training:
             return self._encode_classes()
-        features = self._cached()
+        features, key, tensors = self._cached()
         if features is None:
-            key, tensors = self._state()
             with torch.no_grad():
                 snapshots = [(t, t.detach().clone()) for t in tensors]
                 features = self._encode_classes()
