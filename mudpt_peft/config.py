@@ -390,9 +390,8 @@ class MuDPTConfig(PeftConfig):
         # written since the tensors were taken (file times come from a coarser clock: a second of slack)
         if fingerprint is not None and weights.is_file() and weights.stat().st_mtime_ns >= taken - 10**9:
             recorded[TENSORS_FINGERPRINT_KEY] = fingerprint
-        kwargs["auto_mapping_dict"] = recorded or None
-        if not recorded and self.auto_mapping:
-            kwargs["auto_mapping_dict"] = {}  # not the stale `auto_mapping` field
+        # an empty dict rather than None, where the `auto_mapping` field holds something now stale
+        kwargs["auto_mapping_dict"] = recorded if recorded or self.auto_mapping else None
         super().save_pretrained(save_directory, **kwargs)
 
     @classmethod

@@ -134,8 +134,8 @@ class MuDPTModel(BaseTuner):
         self._post_injection_hook(model, config, adapter_name)
 
     def _post_injection_hook(self, model: nn.Module, config: MuDPTConfig, adapter_name: str) -> None:
-        """Tag the base model (`add_model_tags`): peft's model card and transformers' `push_to_hub` card list the
-        base model's `model_tags`, so a plain `save_pretrained` / `push_to_hub` of a MuDPT adapter is tagged too."""
+        """Tag the base model (`add_model_tags`): peft's model card lists the base model's `model_tags`, so a plain
+        `save_pretrained` of a MuDPT adapter is tagged too (transformers' `push_to_hub` card takes only `tags=`)."""
         add_model_tags = getattr(model, "add_model_tags", None)
         if callable(add_model_tags):
             add_model_tags(card_tags(model, [config]))
@@ -224,8 +224,9 @@ class MuDPTModel(BaseTuner):
     ) -> dict[str, torch.Tensor]:
         """Check the tensors about to be loaded, then map them to the model's keys.
 
-        Every loading path ends here with the tensors it read (`PeftModel.from_pretrained`, `load_adapter`,
-        transformers' `load_adapter`, `set_peft_model_state_dict`): when the adapter's config records the fingerprint
+        Every peft loading path ends here with the tensors it read (`PeftModel.from_pretrained` with or without
+        `config=`, `load_adapter`, `set_peft_model_state_dict`; not transformers' own `load_adapter`, whose loader
+        calls no peft code with the tensors): when the adapter's config records the fingerprint
         of the tensors saved with it, these must be those tensors, and they must fit the model's shapes. Otherwise the
         half-loaded adapter is removed (the base model unwrapped if it was the only one) and a `ValueError` raised.
         """
