@@ -129,3 +129,21 @@ def test_nothing_of_peft_or_transformers_is_patched_and_no_stack_is_inspected():
                     problems.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
     assert not problems, problems
     assert not (PACKAGE / "_peft_hooks.py").exists()
+
+
+#: The public API as it stood before the restructuring (`mudpt_peft.__all__`), which it was to keep or shrink.
+PUBLIC_API = {
+    "ALTCLIP_SPEC", "CHINESE_CLIP_SPEC", "CLIP_SPEC", "FamilySpec", "ImageClassificationCollator", "InjectionModel",
+    "METACLIP_2_SPEC", "MUDPT_PEFT_TYPE", "MUDPT_PREFIX", "MuDPTConfig", "MuDPTModel", "PromptClassifier",
+    "PromptTuningTrainer", "SIGLIP2_SPEC", "SIGLIP_SPEC", "alignment", "allow_pickled_weights", "base_to_new",
+    "convert_official", "default_training_arguments", "evaluate", "few_shot", "get_family_spec", "harmonic_mean",
+    "hub", "register_family", "register_mudpt", "registered_families", "supported_model_classes", "write_model_card",
+}  # fmt: skip
+
+
+def test_the_public_api_is_unchanged_and_listed_by_dir():
+    assert set(mudpt_peft.__all__) <= PUBLIC_API and len(mudpt_peft.__all__) == len(set(mudpt_peft.__all__))
+    listed = set(dir(mudpt_peft))
+    assert set(mudpt_peft.__all__) <= listed  # the lazy exports (trainer, data, ...) too, before their first use
+    for name in mudpt_peft.__all__:
+        assert getattr(mudpt_peft, name) is not None
