@@ -1,18 +1,22 @@
 """The files of a saved MuDPT adapter: finding them (locally or on the Hub), checking them, reading the config.
 
 - Where an adapter lives: a local folder or a Hub repository with revision and subfolder ([`check_adapter`] and the
-  loaders take the same arguments as peft's `from_pretrained`).
+  loaders take the same arguments as peft's `from_pretrained`). A Hub revision (a branch, a tag, by default `main`)
+  is resolved to one commit first, and every file is read from that commit.
 - The pickle policy: weights that exist only as a pickled `adapter_model.bin` are refused unless
   [`allow_pickled_weights`] is active or `MUDPT_ALLOW_PICKLED_WEIGHTS=1`, since unpickling can run code.
-- The fingerprint: every save records in `adapter_config.json` (`auto_mapping`) the sha256 of the adapter's tensors
-  ([`tensors_fingerprint`], computed from the tensors written); the tuner compares it with the tensors it is about to
-  load, whatever the entry point (`PeftModel.from_pretrained`, `load_adapter`, transformers' `load_adapter` through
-  `PeftConfig.from_pretrained`), so that a config and weights of two different saves never load as one adapter.
-  Adapters saved by earlier versions record the sha256 of the safetensors file instead; it is checked when the
-  config is read ([`load_config`]).
+- The fingerprints: every save records in `adapter_config.json` (`auto_mapping`) the sha256 of the adapter's tensors
+  ([`tensors_fingerprint`], computed from the tensors written, not read back) and of the config fields that decide
+  what they compute ([`config_fingerprint`], e.g. `injection_heads`, which no tensor shape reveals). The tuner
+  compares both with the tensors it is about to load and the config it loads them for, whatever the entry point
+  (`PeftModel.from_pretrained` with or without `config=`, `load_adapter`, `set_peft_model_state_dict` after
+  `PeftConfig.from_pretrained`), so that a config and weights of two different saves never load as one adapter;
+  it also refuses tensors that are not floating point or not finite ([`check_tensor_values`]). The weights are read
+  once, by the loader that loads them. Adapters saved by earlier versions record the sha256 of the safetensors
+  file instead; [`load_config`] checks it and derives the tensors fingerprint from the same bytes.
 - Load-time checks before any weight is created ([`load_config`], run by `MuDPTConfig.from_pretrained`): the config
-  is valid JSON of peft type MUDPT; the weights are complete safetensors (or an allowed pickle); weights are required
-  when the config records their fingerprint.
+  is valid JSON of peft type MUDPT; the weights file is a complete safetensors file (its header is parsed, its tensors
+  are not read) or an allowed pickle; weights are required when the config records their fingerprint.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import contextvars
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,11 +53,15 @@ if TYPE_CHECKING:
 __all__ = [
     "ALLOW_PICKLED_WEIGHTS_ENV",
     "CLASSIFIER_CONFIG_NAME",
+    "CONFIG_FINGERPRINT_KEY",
+    "FINGERPRINTED_FIELDS",
     "TENSORS_FINGERPRINT_KEY",
     "WEIGHTS_FINGERPRINT_KEY",
     "adapter_fingerprint",
     "allow_pickled_weights",
     "check_adapter",
+    "check_tensor_values",
+    "config_fingerprint",
     "load_classifier_info",
     "load_config",
     "pickled_weights_allowed",
@@ -64,9 +73,34 @@ SAFETENSORS_WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLED_WEIGHTS_NAME = "adapter_model.bin"
 #: The file beside a classifier's adapter that holds its class names and template.
 CLASSIFIER_CONFIG_NAME = "prompt_classifier.json"
+#: The key, in `prompt_classifier.json`, of the tensors fingerprint of the adapter it was saved with (the one its
+#: `adapter_config.json` records; files of earlier versions hold `adapter_weights_sha256`, the weights file's sha256).
+CLASSIFIER_TENSORS_KEY = "adapter_tensors_sha256"
 #: The key, inside `auto_mapping` of `adapter_config.json`, of the sha256 of the adapter's tensors
 #: ([`tensors_fingerprint`]).
 TENSORS_FINGERPRINT_KEY = "mudpt_tensors_sha256"
+#: The key, inside `auto_mapping`, of the sha256 of the config fields an adapter's tensors were saved with
+#: ([`config_fingerprint`]).
+CONFIG_FINGERPRINT_KEY = "mudpt_config_sha256"
+#: The `MuDPTConfig` fields that decide what an adapter's tensors compute. Some are revealed by no tensor shape
+#: (`injection_heads`, `fusion` between kinds of equal shapes, depths beyond the saved prompts), so they are
+#: fingerprinted. Initialisation-only fields (`ctx_init`, `prompt_init_std`, ...) and dropouts are not.
+FINGERPRINTED_FIELDS = (
+    "text_prompts",
+    "vision_prompts",
+    "fusion",
+    "depth",
+    "text_depth",
+    "vision_depth",
+    "n_ctx",
+    "vision_n_ctx",
+    "injection_layers",
+    "injection_heads",
+    "injection_mlp_ratio",
+    "cross_attention_heads",
+)
+#: The floating dtypes adapter tensors may have on disk.
+TENSOR_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 #: The key of the sha256 of `adapter_model.safetensors`, as adapters saved by mudpt-peft before 0.2 record it.
 WEIGHTS_FINGERPRINT_KEY = "mudpt_weights_sha256"
 #: Set this environment variable to `1` to allow loading pickled `adapter_model.bin` weights (see
@@ -152,6 +186,90 @@ def mismatch_message(what: str, recorded: str, actual: str) -> str:
     )
 
 
+def _field(config: Any, name: str) -> Any:
+    return config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
+
+
+def config_fingerprint(config: MuDPTConfig | Mapping[str, Any]) -> str:
+    """The sha256 of the [`FINGERPRINTED_FIELDS`] of a config (a `MuDPTConfig` or its `adapter_config.json` content):
+    what a save records beside the tensors fingerprint and what every load compares with the config it loads for."""
+    values = {name: _field(config, name) for name in FINGERPRINTED_FIELDS}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def config_mismatch_message(what: str) -> str:
+    """The error for weights loaded with config fields other than those they were saved with."""
+    return (
+        f"{what} was saved with other values of the config fields that decide what its tensors compute "
+        f"({', '.join(FINGERPRINTED_FIELDS)}) than the config it is being loaded with: adapter_config.json was "
+        "edited after the save, or such a field was changed on the config passed as `config=`. Restore "
+        "adapter_config.json from that save, and leave those fields of a config read from it as they are."
+    )
+
+
+def check_tensor_values(state_dict: Mapping[str, torch.Tensor], what: str, only_mudpt: bool = True) -> None:
+    """Refuse MuDPT tensors (with `only_mudpt=False`: all tensors) that are not floating point (integers and booleans
+    would be cast silently, or kept as they are under `low_cpu_mem_usage`) or hold NaN or infinite values (a diverged
+    or damaged save); `what` names the file or state dict in the `ValueError`."""
+    tensors = {canonical_key(key): value for key, value in state_dict.items() if not only_mudpt or MUDPT_PREFIX in key}
+    wrong = [f"{key} ({value.dtype})" for key, value in tensors.items() if value.dtype not in TENSOR_DTYPES]
+    if wrong:
+        raise ValueError(
+            f"{what} holds adapter tensors that are not floating point: {_listed(wrong)}. Adapter weights are "
+            "float16, bfloat16, float32 or float64; the file was not written by a save of a MuDPT adapter, or was "
+            "damaged. Save the adapter again."
+        )
+    nonfinite = [key for key, value in tensors.items() if value.numel() and not torch.isfinite(value).all()]
+    if nonfinite:
+        raise ValueError(
+            f"{what} holds adapter tensors with NaN or infinite values: {_listed(nonfinite)}. The training that "
+            "saved them diverged (lower the learning rate, or use fp32 / bf16 instead of fp16), or the file was "
+            "damaged. Load an earlier checkpoint."
+        )
+
+
+def _listed(items: list[str], limit: int = 5) -> str:
+    listed = ", ".join(item if len(item) <= 120 else item[:117] + "..." for item in items[:limit])
+    return listed + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def recorded_for_load(config: Any) -> tuple[str | None, str | None]:
+    """`(tensors fingerprint, config fingerprint)` a config read from a save records for its tensors (None for a
+    config that was not read from a save, or whose fingerprints a load has spent)."""
+    auto_mapping = _field(config, "auto_mapping")
+    if not isinstance(auto_mapping, Mapping):
+        return None, None
+    return auto_mapping.get(TENSORS_FINGERPRINT_KEY), auto_mapping.get(CONFIG_FINGERPRINT_KEY)
+
+
+def spend_fingerprints(config: MuDPTConfig) -> None:
+    """Remove the recorded fingerprints (and the record of the files it was read from) from a config whose tensors a
+    load checked: they describe that save's tensors, not what the adapter holds later (a config saved on its own then
+    records none)."""
+    auto_mapping = config.auto_mapping if isinstance(config.auto_mapping, dict) else {}
+    spent = (TENSORS_FINGERPRINT_KEY, CONFIG_FINGERPRINT_KEY)
+    config.auto_mapping = {k: v for k, v in auto_mapping.items() if k not in spent} or None
+    config.__dict__.pop("_loaded_from", None)
+
+
+def verify_tensors(
+    state_dict: Mapping[str, torch.Tensor],
+    config: Any,
+    what: str,
+    recorded: tuple[str | None, str | None] | None = None,
+) -> None:
+    """Every check of tensors about to be loaded for `config`: [`check_tensor_values`], then the tensors and config
+    fingerprints recorded by the save (`recorded`, by default those in `config`); a `ValueError` naming `what`."""
+    check_tensor_values(state_dict, what)
+    tensors_sha, config_sha = recorded_for_load(config) if recorded is None else recorded
+    if tensors_sha is not None:
+        actual = adapter_fingerprint(state_dict)
+        if actual != tensors_sha:
+            raise ValueError(mismatch_message(what, tensors_sha, actual))
+    if config_sha is not None and config_fingerprint(config) != config_sha:
+        raise ValueError(config_mismatch_message(what))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # finding the files of an adapter, locally or on the Hub
 
@@ -160,12 +278,17 @@ _HUB_DOWNLOAD_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "f
 
 @dataclass
 class Source:
-    """Where an adapter lives: a local folder or a Hub repository (with revision and subfolder)."""
+    """Where an adapter lives: a local folder or a Hub repository (with revision and subfolder).
+
+    On the Hub, the first file fetched pins the revision to the commit it came from (a branch such as `main` moves
+    when someone pushes), so that every later file of the adapter comes from the same commit.
+    """
 
     model_id: str
     subfolder: str | None
     local: bool
     download_kwargs: dict[str, Any]
+    requested_revision: str | None = None
 
     @classmethod
     def of(cls, model_id: str | os.PathLike, subfolder: str | None, **kwargs: Any) -> Source:
@@ -183,7 +306,22 @@ class Source:
                 f"'namespace/name'): {error}"
             ) from error
         download_kwargs = {key: kwargs[key] for key in _HUB_DOWNLOAD_KWARGS if kwargs.get(key) is not None}
-        return cls(model_id, subfolder, False, download_kwargs)
+        return cls(model_id, subfolder, False, download_kwargs, download_kwargs.get("revision"))
+
+    @property
+    def commit(self) -> str | None:
+        """The commit every file is read from, once the first file was fetched from the Hub (else None)."""
+        revision = self.download_kwargs.get("revision")
+        return revision if not self.local and _is_commit(revision) else None
+
+    def _pin_commit(self, downloaded: Path) -> None:
+        """Read every later file from the commit `downloaded` came from (the cache keeps each file under
+        `snapshots/<commit>/`)."""
+        if self.commit is not None:
+            return
+        parts = downloaded.parts
+        if "snapshots" in parts[:-1] and _is_commit(commit := parts[parts.index("snapshots") + 1]):
+            self.download_kwargs["revision"] = commit
 
     def path_in_repo(self, filename: str) -> str:
         return f"{self.subfolder.strip('/')}/{filename}" if self.subfolder else filename
@@ -194,8 +332,10 @@ class Source:
             folder = os.path.join(self.model_id, self.subfolder) if self.subfolder else self.model_id
             where = f"the local folder '{folder}'"
             return f"'{filename}' in {where}" if filename else where
-        revision = self.download_kwargs.get("revision")
-        where = f"the Hub repository '{self.model_id}'" + (f" (revision '{revision}')" if revision else "")
+        revision, commit = self.requested_revision, self.commit
+        at = [f"revision '{revision}'"] if revision and revision != commit else []
+        at += [f"commit {commit[:12]}"] if commit else []
+        where = f"the Hub repository '{self.model_id}'" + (f" ({', '.join(at)})" if at else "")
         return f"'{self.path_in_repo(filename)}' in {where}" if filename else where
 
     def fetch(self, filename: str) -> Path | None:
@@ -205,7 +345,9 @@ class Source:
             path = Path(self.model_id, self.subfolder or "", filename)
             return path if path.is_file() else None
         try:
-            return Path(hf_hub_download(self.model_id, filename, subfolder=self.subfolder, **self.download_kwargs))
+            path = Path(hf_hub_download(self.model_id, filename, subfolder=self.subfolder, **self.download_kwargs))
+            self._pin_commit(path)
+            return path
         except GatedRepoError as error:
             raise ValueError(
                 f"The Hub repository '{self.model_id}' is gated: accept its conditions on the Hub and log in "
@@ -217,7 +359,7 @@ class Source:
                 "the repository id; if the repository is private, log in (`hf auth login`) or pass `token=`."
             ) from error
         except RevisionNotFoundError as error:
-            revision = self.download_kwargs.get("revision")
+            revision = self.requested_revision
             raise ValueError(
                 f"The revision '{revision}' was not found in the Hub repository '{self.model_id}'. Pass an existing "
                 f"branch, tag or full commit hash as `revision=` (list them with "
@@ -244,6 +386,10 @@ class Source:
         return path
 
 
+def _is_commit(revision: object) -> bool:
+    return isinstance(revision, str) and re.fullmatch(r"[0-9a-f]{40}", revision) is not None
+
+
 def file_sha256(path: Path) -> str:
     """The sha256 of a file's bytes, as hex."""
     digest = hashlib.sha256()
@@ -251,6 +397,43 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _damaged_safetensors(description: str, error: Exception) -> ValueError:
+    return ValueError(
+        f"{description} is not a valid safetensors file ({short_message(error)}): it is truncated or corrupted (an "
+        "interrupted save or upload?). Save or upload the adapter again; for a damaged download, pass "
+        "`force_download=True`."
+    )
+
+
+def short_message(error: Exception, limit: int = 200) -> str:
+    """An exception's message for another message, at most `limit` characters."""
+    text = str(error) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_safetensors_header(path: Path, description: str) -> None:
+    """Parse the header of a safetensors file (not its tensors): a `ValueError` naming `description` if the file is
+    truncated, corrupted or unreadable."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt"):
+            pass  # parses the header and checks that the tensors cover the file exactly
+    except Exception as error:  # safetensors raises SafetensorError; OSError for unreadable files
+        raise _damaged_safetensors(description, error) from error
+
+
+def read_safetensors(source: Path | bytes, description: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (a path or its bytes), on the CPU; a `ValueError` naming `description` if the
+    file is damaged."""
+    from safetensors.torch import load, load_file
+
+    try:
+        return load(source) if isinstance(source, bytes) else load_file(str(source))
+    except Exception as error:  # SafetensorError, OSError
+        raise _damaged_safetensors(description, error) from error
 
 
 def _read_json(path: Path, description: str) -> dict[str, Any]:
@@ -274,6 +457,8 @@ class CheckedAdapter:
     config_file: Path
     config: dict[str, Any]
     safetensors_file: Path | None  # None for pickled or absent weights
+    #: The fingerprint the tensors must have: recorded by the save, or derived from the bytes of a legacy save.
+    tensors_fingerprint: str | None = None
 
 
 def recorded_fingerprints(config: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -284,12 +469,13 @@ def recorded_fingerprints(config: Mapping[str, Any]) -> tuple[str | None, str | 
     return auto_mapping.get(TENSORS_FINGERPRINT_KEY), auto_mapping.get(WEIGHTS_FINGERPRINT_KEY)
 
 
-def _check_adapter(source: Source, require_weights: bool | None = None) -> CheckedAdapter:
+def _check_adapter(source: Source, require_weights: bool | None = None, verify: bool = False) -> CheckedAdapter:
     """Run the load-time checks on the adapter at `source`; raise a `ValueError` that says what is wrong.
 
     Weights that are present are always checked. Their absence is an error when `require_weights`, by default when
     the config records their fingerprint (every save of an adapter with its weights does; a config saved on its own,
-    `MuDPTConfig.save_pretrained`, does not and loads by itself)."""
+    `MuDPTConfig.save_pretrained`, does not and loads by itself). With `verify`, the tensors are read and checked
+    too ([`verify_tensors`]); loaders leave that to the tuner, which checks the tensors it loads."""
     config_file = source.require(CONFIG_NAME, "a MuDPT adapter folder holds adapter_config.json")
     config = _read_json(config_file, source.describe(CONFIG_NAME))
     peft_type = config.get("peft_type")
@@ -301,39 +487,31 @@ def _check_adapter(source: Source, require_weights: bool | None = None) -> Check
             "`peft.PeftModel.from_pretrained` or `peft.PeftConfig.from_pretrained` instead."
         )
     tensors_sha, fingerprint = recorded_fingerprints(config)
+    config_sha = recorded_for_load(config)[1]
     if require_weights is None:
         require_weights = tensors_sha is not None or fingerprint is not None
     weights_file = source.fetch(SAFETENSORS_WEIGHTS_NAME)
     if weights_file is None:
         return _check_pickled(source, config_file, config, tensors_sha or fingerprint, require_weights)
 
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(weights_file), framework="pt"):
-            pass  # parses the header and checks that the tensors cover the file exactly
-    except Exception as error:  # safetensors raises SafetensorError; OSError for unreadable files
-        raise ValueError(
-            f"{source.describe(SAFETENSORS_WEIGHTS_NAME)} is not a valid safetensors file ({error}): it is truncated "
-            "or corrupted (an interrupted save or upload?). Save or upload the adapter again; for a damaged download, "
-            "pass `force_download=True`."
-        ) from error
-    if tensors_sha is not None:  # also compared by the tuner with what it loads; checked here to name the file
-        from safetensors.torch import load_file
-
-        actual = adapter_fingerprint(load_file(str(weights_file)))
-        if actual != tensors_sha:
-            raise ValueError(mismatch_message(source.describe(SAFETENSORS_WEIGHTS_NAME), tensors_sha, actual))
-    sha = file_sha256(weights_file) if fingerprint is not None else None  # read only for a legacy fingerprint
-    if fingerprint is not None and fingerprint != sha:
-        raise ValueError(
-            f"{source.describe(SAFETENSORS_WEIGHTS_NAME)} does not belong to its adapter_config.json: the config was "
-            f"saved with weights of sha256 {fingerprint[:16]}…, this file has sha256 {sha[:16]}…. The folder mixes "
-            "files of two saves (an interrupted `save_pretrained`?) or the weights were replaced or damaged. Save "
-            "the adapter again with `mudpt_peft.hub.save_pretrained` / `push_to_hub`, or restore both files from "
-            "the same save."
-        )
-    return CheckedAdapter(source, config_file, config, weights_file)
+    if fingerprint is not None:  # a legacy save: check the file's sha256 and derive the tensors' from the same bytes
+        data = weights_file.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        if fingerprint != sha:
+            raise ValueError(
+                f"{source.describe(SAFETENSORS_WEIGHTS_NAME)} does not belong to its adapter_config.json: the config "
+                f"was saved with weights of sha256 {fingerprint[:16]}…, this file has sha256 {sha[:16]}…. The folder "
+                "mixes files of two saves (an interrupted `save_pretrained`?) or the weights were replaced or damaged. "
+                "Save the adapter again with `mudpt_peft.hub.save_pretrained` / `push_to_hub`, or restore both files "
+                "from the same save."
+            )
+        tensors_sha = adapter_fingerprint(read_safetensors(data, source.describe(SAFETENSORS_WEIGHTS_NAME)))
+    else:  # the header only: the tensors are read once, by the loader, and checked against the fingerprint then
+        check_safetensors_header(weights_file, source.describe(SAFETENSORS_WEIGHTS_NAME))
+    if verify:
+        state_dict = read_safetensors(weights_file, source.describe(SAFETENSORS_WEIGHTS_NAME))
+        verify_tensors(state_dict, config, source.describe(SAFETENSORS_WEIGHTS_NAME), (tensors_sha, config_sha))
+    return CheckedAdapter(source, config_file, config, weights_file, tensors_sha)
 
 
 def _check_pickled(
@@ -375,11 +553,11 @@ def check_adapter(
 ) -> None:
     """Run every load-time check on a MuDPT adapter without loading it; raise a `ValueError` that says what is wrong.
 
-    The checks are those `PeftModel.from_pretrained` runs through [`MuDPTConfig.from_pretrained`]: the repository,
-    revision and files exist; `adapter_config.json` is valid JSON of peft type MUDPT; `adapter_model.safetensors` is
-    complete (and present when the config records a fingerprint of it); pickled `adapter_model.bin` weights only
-    inside [`allow_pickled_weights`]. A valid `MuDPTConfig` is not required here. The tensors fingerprint is compared
-    when the tensors are loaded.
+    The checks are those `PeftModel.from_pretrained` runs: the repository, revision and files exist;
+    `adapter_config.json` is valid JSON of peft type MUDPT; `adapter_model.safetensors` is complete (and present when
+    the config records a fingerprint of it); pickled `adapter_model.bin` weights only inside
+    [`allow_pickled_weights`]; the tensors are floating point and finite, and they and the config are those of one
+    save (the fingerprints). A valid `MuDPTConfig` is not required here.
 
     Args:
         pretrained_model_name_or_path (`str` or `os.PathLike`):
@@ -389,7 +567,7 @@ def check_adapter(
         hub_kwargs:
             `revision`, `token`, `cache_dir`, `local_files_only`, `force_download` for the Hub.
     """
-    _check_adapter(Source.of(pretrained_model_name_or_path, subfolder, **hub_kwargs))
+    _check_adapter(Source.of(pretrained_model_name_or_path, subfolder, **hub_kwargs), verify=True)
 
 
 def load_config(
@@ -397,9 +575,12 @@ def load_config(
 ) -> MuDPTConfig:
     """The implementation of [`MuDPTConfig.from_pretrained`]: check the adapter's files, then build its config.
 
-    Weights next to the config are always checked (pickles refused unless allowed, damage, a legacy file
-    fingerprint); missing weights are refused when the config records their fingerprint. The tensors fingerprint
-    stays in the config's `auto_mapping`: the tuner compares it with the tensors it loads.
+    Weights next to the config are checked without reading their tensors (pickles refused unless allowed, a
+    damaged header, a legacy file fingerprint); missing weights are refused when the config records their
+    fingerprint. The fingerprints stay in the config's `auto_mapping`: the tuner compares them with the tensors it
+    loads (for a legacy save, the tensors fingerprint of the bytes whose file sha256 was checked here). The config
+    remembers where it was read from ([`loaded_from`]), for the tuner's messages and for loaders that read the
+    weights themselves from the same commit.
     """
     hub_kwargs, class_kwargs, _ = config_cls._split_kwargs(kwargs)
     source = Source.of(pretrained_model_name_or_path, subfolder, **hub_kwargs)
@@ -407,13 +588,31 @@ def load_config(
     attributes = config_cls.from_json_file(str(checked.config_file))
     auto_mapping = attributes.get("auto_mapping")
     if isinstance(auto_mapping, dict) and WEIGHTS_FINGERPRINT_KEY in auto_mapping:
-        # the legacy file fingerprint was checked above; not kept, it describes that file only
+        # the legacy file fingerprint was checked above and describes that file only: the tuner checks the tensors
         auto_mapping = {k: v for k, v in auto_mapping.items() if k != WEIGHTS_FINGERPRINT_KEY}
-        attributes["auto_mapping"] = auto_mapping or None
+        auto_mapping[TENSORS_FINGERPRINT_KEY] = checked.tensors_fingerprint
+        attributes["auto_mapping"] = auto_mapping
     try:
-        return config_cls.from_peft_type(**config_cls.check_kwargs(**{**class_kwargs, **attributes}))
+        config = config_cls.from_peft_type(**config_cls.check_kwargs(**{**class_kwargs, **attributes}))
     except (TypeError, ValueError) as error:
         raise ValueError(f"{source.describe(CONFIG_NAME)} is not a valid MuDPT config: {error}") from error
+    config._loaded_from = checked
+    return config
+
+
+def loaded_from(config: Any) -> CheckedAdapter | None:
+    """The checked files a config was read from by [`load_config`] (None for a config built otherwise)."""
+    checked = getattr(config, "_loaded_from", None)
+    return checked if isinstance(checked, CheckedAdapter) else None
+
+
+def weights_description(config: Any, adapter_name: str) -> str:
+    """What to call the tensors loaded for `config` in an error: the weights file it was read beside, if known."""
+    checked = loaded_from(config)
+    if checked is not None:
+        name = SAFETENSORS_WEIGHTS_NAME if checked.safetensors_file is not None else PICKLED_WEIGHTS_NAME
+        return checked.source.describe(name)
+    return f"The state dict loaded into the MuDPT adapter '{adapter_name}'"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -451,8 +650,10 @@ def load_classifier_info(
             f"{source.describe(CLASSIFIER_CONFIG_NAME)} has format version {info['format_version']}; this mudpt-peft "
             f"reads version {CLASSIFIER_FORMAT}. Upgrade mudpt-peft."
         )
-    expected = info.get("adapter_weights_sha256")
-    if expected is not None and (checked.safetensors_file is None or expected != file_sha256(checked.safetensors_file)):
+    expected, legacy = info.get(CLASSIFIER_TENSORS_KEY), info.get("adapter_weights_sha256")
+    if (expected is not None and expected != checked.tensors_fingerprint) or (
+        legacy is not None and (checked.safetensors_file is None or legacy != file_sha256(checked.safetensors_file))
+    ):
         raise ValueError(
             f"{source.describe(CLASSIFIER_CONFIG_NAME)} was saved with another adapter than the one beside it (its "
             "adapter_model.safetensors has changed since). Save the classifier again with "

@@ -411,7 +411,8 @@ class PromptClassifier(nn.Module):
             is_trainable (`bool`, defaults to `False`):
                 Load the adapter trainable (the classifier is then returned in training mode, otherwise in eval mode).
             revision (`str`, *optional*):
-                A branch, tag or commit hash of the Hub repository.
+                A branch, tag or commit hash of the Hub repository. A branch or tag is resolved to one commit when the
+                first file is downloaded, and every file is read from that commit (a push meanwhile changes nothing).
             subfolder (`str`, *optional*):
                 The folder of the classifier inside the repository or folder.
             token (`str` or `bool`, *optional*):
@@ -456,6 +457,8 @@ class PromptClassifier(nn.Module):
             tokenizer = _base_model_tokenizer(base_model)
         if subfolder:
             hub_kwargs["subfolder"] = subfolder
+        if checked.source.commit is not None:  # every file from the commit the classifier file was read from
+            hub_kwargs["revision"] = checked.source.commit
         model = PeftModel.from_pretrained(
             base_model,
             pretrained_model_name_or_path,

@@ -13,7 +13,14 @@ from typing import Any
 from peft.config import PeftConfig
 
 from ._peft_type import MUDPT_PEFT_TYPE
-from .adapter_files import SAFETENSORS_WEIGHTS_NAME, TENSORS_FINGERPRINT_KEY, WEIGHTS_FINGERPRINT_KEY, load_config
+from .adapter_files import (
+    CONFIG_FINGERPRINT_KEY,
+    SAFETENSORS_WEIGHTS_NAME,
+    TENSORS_FINGERPRINT_KEY,
+    WEIGHTS_FINGERPRINT_KEY,
+    config_fingerprint,
+    load_config,
+)
 from .fusion import FUSIONS
 from .methods import METHODS, normalize_method
 
@@ -377,12 +384,14 @@ class MuDPTConfig(PeftConfig):
         """`PeftConfig.save_pretrained`, with MuDPT's records in `auto_mapping`.
 
         peft's `PeftModel.save_pretrained` writes the weights, then calls this for each adapter folder. Recorded: the
-        base model's family and geometry when this config was used to create an adapter, and the fingerprint of the
-        tensors just written ([`~mudpt_peft.adapter_files.adapter_fingerprint`]) when the folder holds them. A
-        fingerprint recorded by an earlier save is never carried over: a config saved on its own records none.
+        base model's family and geometry when this config was used to create an adapter, and, when the folder holds
+        the tensors just written, their fingerprint ([`~mudpt_peft.adapter_files.adapter_fingerprint`], computed
+        from the tensors peft wrote, not read back) and that of this config's fields that decide what they compute
+        ([`~mudpt_peft.adapter_files.config_fingerprint`]). A fingerprint recorded by an earlier save is never
+        carried over: a config saved on its own records none.
         """
         recorded = dict(kwargs.get("auto_mapping_dict") or self.auto_mapping or {})
-        for key in (TENSORS_FINGERPRINT_KEY, WEIGHTS_FINGERPRINT_KEY):
+        for key in (TENSORS_FINGERPRINT_KEY, CONFIG_FINGERPRINT_KEY, WEIGHTS_FINGERPRINT_KEY):
             recorded.pop(key, None)
         recorded.update(getattr(self, "_base_model_record", None) or {})
         fingerprint, taken = self.__dict__.pop("_saved_tensors_fingerprint", (None, 0))
@@ -390,6 +399,7 @@ class MuDPTConfig(PeftConfig):
         # written since the tensors were taken (file times come from a coarser clock: a second of slack)
         if fingerprint is not None and weights.is_file() and weights.stat().st_mtime_ns >= taken - 10**9:
             recorded[TENSORS_FINGERPRINT_KEY] = fingerprint
+            recorded[CONFIG_FINGERPRINT_KEY] = config_fingerprint(self)
         # an empty dict rather than None, where the `auto_mapping` field holds something now stale
         kwargs["auto_mapping_dict"] = recorded if recorded or self.auto_mapping else None
         super().save_pretrained(save_directory, **kwargs)

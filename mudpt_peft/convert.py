@@ -34,6 +34,7 @@ from peft import PeftModel, get_peft_model
 from torch import nn
 from transformers import CLIPModel
 
+from .adapter_files import check_tensor_values
 from .config import MuDPTConfig
 from .families import get_family_spec
 from .methods import METHODS, normalize_method
@@ -245,6 +246,8 @@ def convert_official(
         plan.overrides["injection_heads"] = injection_heads
     config = MuDPTConfig.for_method(key, **plan.overrides)
     validate_against_model(config, base_model, spec)
+    what = "The checkpoint" + (f" {str(checkpoint)!r}" if isinstance(checkpoint, (str, os.PathLike)) else "")
+    check_tensor_values({key: state_dict[key] for key in sorted(plan.used)}, what, only_mudpt=False)
 
     model = get_peft_model(base_model, config, adapter_name=adapter_name)
     try:

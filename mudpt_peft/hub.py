@@ -35,10 +35,11 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from .adapter_files import (
     CLASSIFIER_CONFIG_NAME,
     CLASSIFIER_FORMAT,
+    CLASSIFIER_TENSORS_KEY,
     CONFIG_NAME,
     PICKLED_WEIGHTS_NAME,
     SAFETENSORS_WEIGHTS_NAME,
-    file_sha256,
+    recorded_fingerprints,
 )
 from .model_card import adapters_to_save, normalize_eval_results, split_model, write_card
 
@@ -79,10 +80,15 @@ def _stage(
                 "format_version": CLASSIFIER_FORMAT,
                 "class_names": classifier.class_names,
                 "template": classifier.template,
-                "adapter_weights_sha256": file_sha256(staging / folder / SAFETENSORS_WEIGHTS_NAME),
+                # the fingerprint the save recorded for the tensors it wrote (this staging folder is this save's own)
+                CLASSIFIER_TENSORS_KEY: recorded_fingerprints(_read_staged_config(staging / folder))[0],
             }
             (staging / folder / CLASSIFIER_CONFIG_NAME).write_text(json.dumps(info, indent=2), encoding="utf-8")
     write_card(peft_model, classifier, layout, staging, eval_results, repo_id, subfolder, revision)
+
+
+def _read_staged_config(folder: Path) -> dict:
+    return json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
 
 
 def _fsync(path: Path) -> None:

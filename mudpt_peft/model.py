@@ -18,7 +18,14 @@ from torch import nn
 
 from ._peft_type import MUDPT_PREFIX
 from ._utils import first_float_parameter
-from .adapter_files import TENSORS_FINGERPRINT_KEY, adapter_fingerprint, mismatch_message
+from .adapter_files import (
+    adapter_fingerprint,
+    loaded_from,
+    recorded_for_load,
+    spend_fingerprints,
+    verify_tensors,
+    weights_description,
+)
 from .compat import base_model_record, check_base_model
 from .config import MAX_N_CTX, MuDPTConfig, short_repr
 from .families import FamilySpec, get_family_spec
@@ -226,11 +233,29 @@ class MuDPTModel(BaseTuner):
 
         Every peft loading path ends here with the tensors it read (`PeftModel.from_pretrained` with or without
         `config=`, `load_adapter`, `set_peft_model_state_dict`; not transformers' own `load_adapter`, whose loader
-        calls no peft code with the tensors): when the adapter's config records the fingerprint
-        of the tensors saved with it, these must be those tensors, and they must fit the model's shapes. Otherwise the
-        half-loaded adapter is removed (the base model unwrapped if it was the only one) and a `ValueError` raised.
+        calls no peft code with the tensors). The tensors must be floating point and finite; when the adapter's
+        config was read from a save, they must be the tensors of that save and the config's fields those they were
+        saved with (the fingerprints, see `mudpt_peft.adapter_files`); and they must fit the model's shapes.
+        Otherwise a `ValueError` is raised before any tensor is loaded, and an adapter created from a saved config
+        for this load is removed (the base model unwrapped if it was the only one); an adapter that existed before
+        keeps its values.
         """
-        _check_fingerprint(model, config, adapter_name, state_dict)
+        # a config read from a save (by MuDPTConfig.from_pretrained, or by peft's reader: then only its fingerprints
+        # say so) made an adapter for these tensors; both records are spent by this check
+        from_file = loaded_from(config)
+        created_for_this_load = from_file is not None or recorded_for_load(config) != (None, None)
+        try:
+            verify_tensors(state_dict, config, weights_description(config, adapter_name))
+        except ValueError as error:
+            if created_for_this_load:
+                _discard_adapter(model, adapter_name)
+            if created_for_this_load and from_file is None:  # a config from a save, given other tensors
+                hint = " To load other weights into an adapter made from this config, set `config.auto_mapping = None`."
+                raise ValueError(f"{error}{hint}") from None
+            raise
+        finally:
+            if isinstance(config, MuDPTConfig) and created_for_this_load:
+                spend_fingerprints(config)
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         prefixes = _get_tuner_state_dict_key_prefixes(model, adapter_name=adapter_name)
         expected = _filter_state_dict_by_key_prefixes(model.state_dict(), prefixes)
@@ -254,7 +279,8 @@ class MuDPTModel(BaseTuner):
         if len(shapes) > _LISTED:
             problems.append(f"{len(shapes) - _LISTED} more tensors have other shapes")
         if problems:
-            _discard_adapter(model, adapter_name)
+            if created_for_this_load:
+                _discard_adapter(model, adapter_name)
             raise ValueError(
                 f"The MuDPT adapter '{adapter_name}' does not fit this base model ({'; '.join(problems)}). "
                 "Was it trained on a base model with other widths or layer counts? Load it on the base model it "
@@ -274,23 +300,6 @@ def _some(names: list[str]) -> str:
     """The first `_LISTED` of `names` for an error message (each cut short), and how many more there are."""
     listed = ", ".join(short_repr(name) for name in names[:_LISTED])
     return f"[{listed}" + (f", ... and {len(names) - _LISTED} more]" if len(names) > _LISTED else "]")
-
-
-def _check_fingerprint(model: nn.Module, config: MuDPTConfig, adapter_name: str, state_dict: dict) -> None:
-    """Compare the tensors about to be loaded with the fingerprint their config recorded (which is then spent: it
-    describes that save's tensors, not what the adapter holds later)."""
-    auto_mapping = config.auto_mapping if isinstance(config.auto_mapping, dict) else {}
-    recorded = auto_mapping.get(TENSORS_FINGERPRINT_KEY)
-    if recorded is None:
-        return
-    config.auto_mapping = {k: v for k, v in auto_mapping.items() if k != TENSORS_FINGERPRINT_KEY} or None
-    actual = adapter_fingerprint(state_dict)
-    if actual != recorded:
-        _discard_adapter(model, adapter_name)
-        raise ValueError(
-            mismatch_message(f"The state dict loaded into the MuDPT adapter '{adapter_name}'", recorded, actual)
-            + " To load other weights into an adapter made from this config, set `config.auto_mapping = None` first."
-        )
 
 
 def refuse_wrapped(model: nn.Module) -> None:

@@ -16,9 +16,12 @@ from transformers import EvalPrediction, Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from ._utils import check_class_names, first_float_parameter, model_image_size
+from .adapter_files import PICKLED_WEIGHTS_NAME, SAFETENSORS_WEIGHTS_NAME
 from .classifier import PromptClassifier
+from .config import MuDPTConfig
 from .data import ImageClassificationCollator, check_image_classification_dataset
 from .evaluation import accuracy_metrics, dataset_name_of, split_of
+from .loading import load_adapter
 from .methods import METHODS, normalize_method
 from .model_card import record_eval_result, write_model_card
 
@@ -112,6 +115,12 @@ def default_training_arguments(
 
 def _is_peft_model(model: Any) -> bool:
     return isinstance(model, PeftModel)
+
+
+def _has_adapter(folder: str, subfolder: str = "") -> bool:
+    """Whether `folder/subfolder` holds adapter weights (safetensors or pickled), as `Trainer` checks."""
+    names = (SAFETENSORS_WEIGHTS_NAME, PICKLED_WEIGHTS_NAME)
+    return any(os.path.isfile(os.path.join(folder, subfolder, name)) for name in names)
 
 
 class PromptTuningTrainer(Trainer):
@@ -462,6 +471,46 @@ class PromptTuningTrainer(Trainer):
             return None
         counts = np.bincount(np.asarray(dataset[self.label_column], dtype=np.int64), minlength=len(self.class_names))
         return int(counts[0]) if len(counts) and (counts == counts[0]).all() and counts[0] > 0 else None
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # loading checkpoints
+
+    def _mudpt_model(self, model: Any) -> PeftModel | None:
+        """`model` if it is a `PeftModel` with MuDPT adapters only (not wrapped for DeepSpeed / FSDP), else None."""
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or not isinstance(model, PeftModel):
+            return None
+        return model if all(isinstance(c, MuDPTConfig) for c in model.peft_config.values()) else None
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        """Resume: load the checkpoint's adapters through `mudpt_peft.loading.load_adapter`, which checks the tensors
+        it loads against the config saved with them (transformers' `Trainer` uses `PeftModel.load_adapter`, which
+        reads no config for an adapter that exists). Its layout as `Trainer` writes it: the adapter in the
+        checkpoint folder, or each adapter in a subfolder of its name (`default` in the folder itself)."""
+        peft_model = self._mudpt_model(model if model is not None else self.model)
+        if peft_model is None:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        active = peft_model.active_adapters[0]
+        subfolders = [
+            name for name in peft_model.peft_config if name != "default" and _has_adapter(resume_from_checkpoint, name)
+        ]
+        if not subfolders:
+            load_adapter(peft_model, resume_from_checkpoint, active, is_trainable=True)
+            return None
+        if _has_adapter(resume_from_checkpoint):
+            load_adapter(peft_model, resume_from_checkpoint, "default", is_trainable=active == "default")
+        for name in subfolders:
+            load_adapter(peft_model, os.path.join(resume_from_checkpoint, name), name, is_trainable=name == active)
+        peft_model.set_adapter(active)
+        return None
+
+    def _load_best_model(self) -> None:
+        """`load_best_model_at_end`: the best checkpoint's active adapter through `mudpt_peft.loading.load_adapter`
+        (see [`~PromptTuningTrainer._load_from_checkpoint`])."""
+        peft_model = self._mudpt_model(self.model)
+        if peft_model is None or not _has_adapter(self.state.best_model_checkpoint):
+            return super()._load_best_model()
+        load_adapter(peft_model, self.state.best_model_checkpoint, peft_model.active_adapters[0], is_trainable=True)
+        return None
 
     # ----------------------------------------------------------------------------------------------------------------
     # saving

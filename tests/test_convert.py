@@ -535,6 +535,18 @@ ERRORS = [
     ),
     ("csc", lambda: _with(coop(), {"ctx": torch.zeros(5, 3, WT)}), "coop", r"class-specific context \(CoOp's CSC=True"),
     (
+        "nan",
+        lambda: _with(maple(), {"prompt_learner.ctx": torch.full((2, WT), float("nan"))}),
+        "maple",
+        r"The checkpoint holds adapter tensors with NaN or infinite values: prompt_learner\.ctx",
+    ),
+    (
+        "integer",
+        lambda: _with(coop(), {"ctx": torch.zeros(3, WT, dtype=torch.int64)}),
+        "coop",
+        r"The checkpoint holds adapter tensors that are not floating point: ctx \(torch\.int64\)",
+    ),
+    (
         "embed-dim",
         lambda: mudpt_linear(embed_dim=24).checkpoint(),
         "mudpt-linear",

@@ -904,7 +904,8 @@ def test_non_mudpt_and_invalid_configs_are_refused(api, base_repo, repo_id, tmp_
 
     lora = get_peft_model(base(), LoraConfig(target_modules=["q_proj"], r=2))
     lora.push_to_hub(repo_id)
-    with pytest.raises(ValueError, match=rf"'adapter_config.json' in the Hub repository '{repo_id}' is a LORA adapter"):
+    where = rf"'adapter_config.json' in the Hub repository '{repo_id}' \(commit [0-9a-f]{{12}}\)"
+    with pytest.raises(ValueError, match=f"{where} is a LORA adapter"):
         MuDPTConfig.from_pretrained(repo_id)
     fresh = base()
     state = Untouched(fresh)
@@ -1032,6 +1033,44 @@ def test_interrupted_saves_never_load_as_a_wrong_adapter(base_repo, inputs, tmp_
         "adapter_config.json",
         "adapter_model.safetensors",
     ]
+
+
+@hub_test
+def test_a_push_landing_while_loading_never_loads_a_mixed_adapter(api, base_repo, repo_id, inputs, monkeypatch):
+    """A push of adapter B lands after the loader read adapter A's config and before it downloads the weights (made
+    deterministic by pushing from inside peft's weights download). `PeftModel.from_pretrained` refuses the mix;
+    `PromptClassifier.from_pretrained` pins the commit of the first file it reads and loads exactly A."""
+    import peft.utils.save_and_load as peft_save_and_load
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_repo)
+    model_a, model_b = adapter(MuDPTConfig(depth=2), seed=1), adapter(MuDPTConfig(depth=2), seed=2)
+    classifier_a = PromptClassifier(model_a, tokenizer, CLASSES).eval()
+    classifier_a.push_to_hub(repo_id)
+    real_download = peft_save_and_load.hf_hub_download
+    pushed = []
+
+    def push_b_then_download(*args, **kwargs):
+        if not pushed:
+            pushed.append(PromptClassifier(model_b, tokenizer, CLASSES).push_to_hub(repo_id).oid)
+        return real_download(*args, **kwargs)
+
+    monkeypatch.setattr(peft_save_and_load, "hf_hub_download", push_b_then_download)
+    fresh = base()
+    state = Untouched(fresh)
+    with pytest.raises(ValueError, match=rf"'adapter_model.safetensors' in the Hub repository '{repo_id}' \(commit "
+                       rf"[0-9a-f]{{12}}\) does not belong to its adapter_config.json"):  # fmt: skip
+        PeftModel.from_pretrained(fresh, repo_id)
+    state.check()
+    assert pushed
+
+    classifier_a.push_to_hub(repo_id)  # main is A again; B will be pushed during the next load
+    pushed.clear()
+    restored = PromptClassifier.from_pretrained(base(), repo_id, tokenizer=tokenizer)
+    assert pushed  # B is on main now, yet every file came from A's commit
+    assert torch.equal(logits(restored.model, inputs), logits(model_a, inputs))
+    latest = PromptClassifier.from_pretrained(base(), repo_id, tokenizer=tokenizer)
+    assert torch.equal(logits(latest.model, inputs), logits(model_b, inputs))
 
 
 @hub_test
