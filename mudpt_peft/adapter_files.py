@@ -41,6 +41,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from ._peft_type import MUDPT_PEFT_TYPE, MUDPT_PREFIX, peft_type_value
+from .names import check_subfolder
 
 if TYPE_CHECKING:
     from .config import MuDPTConfig
@@ -170,7 +171,7 @@ class Source:
     @classmethod
     def of(cls, model_id: str | os.PathLike, subfolder: str | None, **kwargs: Any) -> Source:
         model_id = os.fspath(model_id)
-        subfolder = subfolder or None
+        subfolder = check_subfolder(subfolder)  # before any file operation: no absolute path, no `..`
         if os.path.isdir(os.path.join(model_id, subfolder or "")):
             return cls(model_id, subfolder, True, {})
         if os.path.isdir(model_id):

@@ -18,6 +18,7 @@ from ._utils import base_model_of, check_class_names, first_float_parameter, ite
 from .adapter_files import load_classifier_info
 from .compat import check_base_model
 from .layer import MuDPTTextTower, MuDPTTower
+from .names import check_adapter_name, check_subfolder
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -436,6 +437,8 @@ class PromptClassifier(nn.Module):
         """
         from peft import PeftModel
 
+        check_adapter_name(adapter_name, "`adapter_name`")  # before any file is read
+        check_subfolder(subfolder)
         if isinstance(base_model, PeftModel):
             raise ValueError(
                 "`base_model` is already a PeftModel; pass the plain base model (e.g. `CLIPModel.from_pretrained(...)`)"

@@ -41,6 +41,7 @@ from .adapter_files import (
     file_sha256,
 )
 from .model_card import adapters_to_save, normalize_eval_results, split_model, write_card
+from .names import check_adapter_name, check_subfolder
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -83,6 +84,14 @@ def _stage(
             }
             (staging / folder / CLASSIFIER_CONFIG_NAME).write_text(json.dumps(info, indent=2), encoding="utf-8")
     write_card(peft_model, classifier, layout, staging, eval_results, repo_id, subfolder, revision)
+
+
+def _check_names(layout: Mapping[str, str]) -> None:
+    """Refuse adapter names that are not plain folder names before any file is touched: peft saves an adapter other
+    than `default` in `<folder>/<adapter name>`, so an absolute or `..` name would write (and the move delete) files
+    outside the target (an adapter added by a route that bypassed the tuner's check of the name)."""
+    for name in layout:
+        check_adapter_name(name, "adapter name")
 
 
 def _fsync(path: Path) -> None:
@@ -155,6 +164,7 @@ def save_pretrained(
         raise ValueError(f"`save_directory` must be a folder, but '{target}' is a file.")
     peft_model, classifier = split_model(model)
     layout = adapters_to_save(peft_model, classifier, selected_adapters)
+    _check_names(layout)
     if not is_main_process:
         return target
     target.mkdir(parents=True, exist_ok=True)
@@ -218,7 +228,8 @@ def push_to_hub(
     """
     peft_model, classifier = split_model(model)
     layout = adapters_to_save(peft_model, classifier, selected_adapters)
-    prefix = (subfolder or "").strip("/")
+    _check_names(layout)
+    prefix = check_subfolder(subfolder) or ""
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     if revision is not None and not revision.startswith("refs/pr"):

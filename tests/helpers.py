@@ -258,3 +258,9 @@ def ref_injection(prompts: torch.Tensor, inj, heads: int) -> torch.Tensor:
         x = x + ref_linear(ref_quick_gelu(ref_linear(h, block.fc1)), block.fc2)
     x = ref_layer_norm(x, inj.ln_post, INJECTION_LN_EPS)
     return ref_linear(x, inj.proj)
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative POSIX path -> bytes): what a load of it can see."""
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in files}
