@@ -338,7 +338,8 @@ class PromptClassifier(nn.Module):
             repo_id (`str`):
                 The repository, e.g. `"your-name/clip-maple-eurosat"` (created if needed).
             subfolder (`str`, *optional*):
-                A folder of the repository, so that one repository can hold several classifiers or adapters.
+                A folder of the repository, so that one repository can hold several classifiers or adapters (a
+                relative path of safe names, see [`~mudpt_peft.names.check_subfolder`]).
             revision (`str`, *optional*):
                 The branch to push to (created from `main` if needed).
             commit_message (`str`, *optional*):
@@ -408,13 +409,14 @@ class PromptClassifier(nn.Module):
             image_processor (*optional*):
                 The base model's image processor, needed by [`~PromptClassifier.predict`] only.
             adapter_name (`str`, defaults to `"default"`):
-                The name of the loaded adapter.
+                The name of the loaded adapter: a plain folder name ([`~mudpt_peft.names.check_adapter_name`]).
             is_trainable (`bool`, defaults to `False`):
                 Load the adapter trainable (the classifier is then returned in training mode, otherwise in eval mode).
             revision (`str`, *optional*):
                 A branch, tag or commit hash of the Hub repository.
             subfolder (`str`, *optional*):
-                The folder of the classifier inside the repository or folder.
+                The folder of the classifier inside the repository or folder (checked with
+                [`~mudpt_peft.names.check_subfolder`] before any file is read).
             token (`str` or `bool`, *optional*):
                 The Hub token.
             cache_dir (`str`, *optional*):
