@@ -92,6 +92,7 @@ def has_wrappers(model) -> bool:
     return any(isinstance(module, MuDPTLayer) for module in model.modules())
 
 
+@pytest.mark.filterwarnings("ignore:Adapter name '' should not be contained in the prefix:UserWarning")  # peft's
 @pytest.mark.parametrize("name", ["/abs/x", "../x", "", "a.b"])
 def test_every_route_to_a_new_adapter_refuses_unsafe_names_before_any_weight(name, tmp_path, inputs):
     """get_peft_model, inject_adapter_in_model, add_adapter and load_adapter (peft's routes: the tuner checks the name
