@@ -46,6 +46,8 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from ._peft_type import MUDPT_PEFT_TYPE, MUDPT_PREFIX, peft_type_value
+from .names import check_subfolder
+from .staging import recover_interrupted_saves, staged_copy_hint
 
 if TYPE_CHECKING:
     from .config import MuDPTConfig
@@ -293,7 +295,9 @@ class Source:
     @classmethod
     def of(cls, model_id: str | os.PathLike, subfolder: str | None, **kwargs: Any) -> Source:
         model_id = os.fspath(model_id)
-        subfolder = subfolder or None
+        subfolder = check_subfolder(subfolder)  # before any file operation: no absolute path, no `..`
+        if os.path.isdir(model_id):  # finish or clean up interrupted crash-safe saves first, see `mudpt_peft.staging`
+            recover_interrupted_saves(os.path.join(model_id, subfolder or ""))
         if os.path.isdir(os.path.join(model_id, subfolder or "")):
             return cls(model_id, subfolder, True, {})
         if os.path.isdir(model_id):
@@ -382,6 +386,8 @@ class Source:
                 if self.subfolder
                 else " If the adapter is in a folder of the repository, pass `subfolder=`."
             )
+            if self.local:  # an interrupted crash-safe save may have left the adapter staged beside the folder
+                hint += staged_copy_hint(os.path.join(self.model_id, self.subfolder or ""))
             raise ValueError(f"{self.describe(filename)} does not exist: {what}.{hint}")
         return path
 

@@ -18,6 +18,7 @@ from ._utils import base_model_of, check_class_names, first_float_parameter, ite
 from .adapter_files import load_classifier_info
 from .compat import check_base_model
 from .layer import MuDPTTextTower, MuDPTTower
+from .names import check_adapter_name, check_subfolder
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -337,7 +338,8 @@ class PromptClassifier(nn.Module):
             repo_id (`str`):
                 The repository, e.g. `"your-name/clip-maple-eurosat"` (created if needed).
             subfolder (`str`, *optional*):
-                A folder of the repository, so that one repository can hold several classifiers or adapters.
+                A folder of the repository, so that one repository can hold several classifiers or adapters (a
+                relative path of safe names, see [`~mudpt_peft.names.check_subfolder`]).
             revision (`str`, *optional*):
                 The branch to push to (created from `main` if needed).
             commit_message (`str`, *optional*):
@@ -407,14 +409,15 @@ class PromptClassifier(nn.Module):
             image_processor (*optional*):
                 The base model's image processor, needed by [`~PromptClassifier.predict`] only.
             adapter_name (`str`, defaults to `"default"`):
-                The name of the loaded adapter.
+                The name of the loaded adapter: a plain folder name ([`~mudpt_peft.names.check_adapter_name`]).
             is_trainable (`bool`, defaults to `False`):
                 Load the adapter trainable (the classifier is then returned in training mode, otherwise in eval mode).
             revision (`str`, *optional*):
                 A branch, tag or commit hash of the Hub repository. A branch or tag is resolved to one commit when the
                 first file is downloaded, and every file is read from that commit (a push meanwhile changes nothing).
             subfolder (`str`, *optional*):
-                The folder of the classifier inside the repository or folder.
+                The folder of the classifier inside the repository or folder (checked with
+                [`~mudpt_peft.names.check_subfolder`] before any file is read).
             token (`str` or `bool`, *optional*):
                 The Hub token.
             cache_dir (`str`, *optional*):
@@ -437,6 +440,8 @@ class PromptClassifier(nn.Module):
         """
         from peft import PeftModel
 
+        check_adapter_name(adapter_name, "`adapter_name`")  # before any file is read
+        check_subfolder(subfolder)
         if isinstance(base_model, PeftModel):
             raise ValueError(
                 "`base_model` is already a PeftModel; pass the plain base model (e.g. `CLIPModel.from_pretrained(...)`)"

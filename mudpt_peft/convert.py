@@ -39,6 +39,7 @@ from .config import MuDPTConfig
 from .families import get_family_spec
 from .methods import METHODS, normalize_method
 from .model import refuse_wrapped, validate_against_model
+from .names import check_adapter_name
 
 #: The methods whose official checkpoints [`convert_official`] reads.
 OFFICIAL_METHODS: tuple[str, ...] = tuple(name for name, method in METHODS.items() if method.official)
@@ -209,6 +210,7 @@ def convert_official(
         >>> model.save_pretrained("clip-maple-imagenet")
         ```
     """
+    check_adapter_name(adapter_name, "`adapter_name`")  # before the checkpoint is read
     key = _normalize_method(method)
     if injection_heads is not None and key != "mudpt":
         raise ValueError(

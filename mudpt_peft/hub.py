@@ -13,9 +13,11 @@ adapter):
 Why the write order: peft's `save_pretrained` writes `README.md`, then `adapter_model.safetensors`, then
 `adapter_config.json`, each in place. A save of adapter B over a folder holding adapter A that is interrupted
 between the weights and the config leaves B's weights with A's config; the fingerprint refuses that folder when it is
-loaded. [`save_pretrained`] goes further: it stages every file in a temporary folder and moves them into place with
-the config removed first and written last, so that an interrupted save leaves a folder without `adapter_config.json`,
-which does not load at all.
+loaded. [`save_pretrained`] goes further (see `mudpt_peft.staging`): under a lock per target folder, it stages every
+file in a folder beside the target, marks the staged copy complete, and moves the files into place with the config
+removed first and written last; the next save into the folder or MuDPT load from it finishes the move of a save that
+was killed, or removes its incomplete staging. Adapter names and subfolders are checked before any file is touched
+(see `mudpt_peft.names`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING
 import huggingface_hub
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
+from . import staging
 from .adapter_files import (
     CLASSIFIER_CONFIG_NAME,
     CLASSIFIER_FORMAT,
@@ -42,6 +45,7 @@ from .adapter_files import (
     recorded_fingerprints,
 )
 from .model_card import adapters_to_save, normalize_eval_results, split_model, write_card
+from .names import check_adapter_name, check_subfolder
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -59,21 +63,21 @@ def _stage(
     peft_model: PeftModel,
     classifier: PromptClassifier | None,
     layout: Mapping[str, str],
-    staging: Path,
+    root: Path,
     eval_results: Mapping | Sequence[Mapping] | None,
     repo_id: str | None = None,
     subfolder: str | None = None,
     revision: str | None = None,
 ) -> None:
-    """Write every file of the save into `staging` (in `layout`): peft's files (the config records the tensors'
+    """Write every file of the save into `root` (in `layout`): peft's files (the config records the tensors'
     fingerprint and the base model), the classifier file and the model card."""
     normalize_eval_results(eval_results)  # fail before writing anything
-    peft_model.save_pretrained(str(staging), selected_adapters=list(layout), safe_serialization=True)
+    peft_model.save_pretrained(str(root), selected_adapters=list(layout), safe_serialization=True)
     for name, folder in layout.items():
-        written = staging / ("" if name == "default" else name)
-        if written != staging / folder:  # a classifier's active adapter that is not "default": move it to the root
+        written = root / ("" if name == "default" else name)
+        if written != root / folder:  # a classifier's active adapter that is not "default": move it to the root
             for item in written.iterdir():
-                os.replace(item, staging / folder / item.name)
+                os.replace(item, root / folder / item.name)
             written.rmdir()
         if classifier is not None:
             info = {
@@ -81,39 +85,22 @@ def _stage(
                 "class_names": classifier.class_names,
                 "template": classifier.template,
                 # the fingerprint the save recorded for the tensors it wrote (this staging folder is this save's own)
-                CLASSIFIER_TENSORS_KEY: recorded_fingerprints(_read_staged_config(staging / folder))[0],
+                CLASSIFIER_TENSORS_KEY: recorded_fingerprints(_read_staged_config(root / folder))[0],
             }
-            (staging / folder / CLASSIFIER_CONFIG_NAME).write_text(json.dumps(info, indent=2), encoding="utf-8")
-    write_card(peft_model, classifier, layout, staging, eval_results, repo_id, subfolder, revision)
+            (root / folder / CLASSIFIER_CONFIG_NAME).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    write_card(peft_model, classifier, layout, root, eval_results, repo_id, subfolder, revision)
 
 
 def _read_staged_config(folder: Path) -> dict:
     return json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
 
 
-def _fsync(path: Path) -> None:
-    with contextlib.suppress(OSError):  # directories cannot be opened for fsync everywhere (e.g. Windows)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _move_into_place(staging: Path, target: Path, layout: Mapping[str, str], classifier: bool) -> None:
-    """Move the staged files into `target`, each adapter's config removed first and written last."""
-    for folder in sorted(set(layout.values()), key=lambda f: (f == "", f)):  # subfolders first, the root last
-        source, destination = staging / folder, target / folder
-        destination.mkdir(parents=True, exist_ok=True)
-        (destination / CONFIG_NAME).unlink(missing_ok=True)  # from here on the folder is not a loadable adapter
-        _fsync(destination)
-        if not classifier:
-            (destination / CLASSIFIER_CONFIG_NAME).unlink(missing_ok=True)  # stale: belongs to an older save
-        files = [item for item in source.iterdir() if item.is_file() and item.name != CONFIG_NAME]
-        for item in [*sorted(files, key=lambda i: i.name != SAFETENSORS_WEIGHTS_NAME), source / CONFIG_NAME]:
-            _fsync(item)
-            os.replace(item, destination / item.name)
-        _fsync(destination)
+def _check_names(layout: Mapping[str, str]) -> None:
+    """Refuse adapter names that are not plain folder names before any file is touched: peft saves an adapter other
+    than `default` in `<folder>/<adapter name>`, so an absolute or `..` name would write (and the move delete) files
+    outside the target (an adapter added by a route that bypassed the tuner's check of the name)."""
+    for name in layout:
+        check_adapter_name(name, "adapter name")
 
 
 def save_pretrained(
@@ -129,10 +116,14 @@ def save_pretrained(
     `default` in a subfolder of their name), the MuDPT model card (`README.md`, see [`write_model_card`]) and, for a
     [`~mudpt_peft.PromptClassifier`], `prompt_classifier.json` with the class names and template beside its active
     adapter (saved in the folder itself whatever its name). Each `adapter_config.json` records the sha256 of its
-    tensors, checked when loading (as a plain `PeftModel.save_pretrained` does). Files are written to a temporary
-    folder first and moved into place with each
-    config removed first and written last, so an interrupted save never leaves a folder that loads as a wrong
-    adapter. Weights are always safetensors.
+    tensors, checked when loading (as a plain `PeftModel.save_pretrained` does). Weights are always safetensors.
+
+    Crash-safe (see `mudpt_peft.staging`): saves into the same folder take turns (a file lock beside it); files are
+    written to a staging folder beside it first and moved into place with each config removed first and written last;
+    a save killed at any point leaves the old adapter, or the new one once the next save or MuDPT load
+    (`MuDPTConfig.from_pretrained`, `PromptClassifier.from_pretrained`) has finished its move. A failure while moving
+    raises an `OSError` that names the staged copy. Adapter names are checked before any file is touched
+    ([`~mudpt_peft.names.check_adapter_name`]: peft saves each adapter other than `default` in a folder of its name).
 
     Args:
         model (`PeftModel` or [`~mudpt_peft.PromptClassifier`]):
@@ -161,15 +152,35 @@ def save_pretrained(
         raise ValueError(f"`save_directory` must be a folder, but '{target}' is a file.")
     peft_model, classifier = split_model(model)
     layout = adapters_to_save(peft_model, classifier, selected_adapters)
+    _check_names(layout)
     if not is_main_process:
         return target
+    normalize_eval_results(eval_results)  # fail before writing anything
     target.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.resolve().name}.mudpt-save-", dir=target.resolve().parent))
-    try:
-        _stage(peft_model, classifier, layout, staging, eval_results)
-        _move_into_place(staging, target, layout, classifier is not None)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    resolved = target.resolve()
+    with staging.target_lock(resolved) as lock:
+        if lock is staging.LockState.HELD:  # no other save into the folder runs: what is there is of dead saves
+            with contextlib.suppress(OSError):  # what cannot be finished stays named in load errors
+                staging.recover(resolved)
+        folder = staging.new_staging_folder(resolved)
+        try:
+            _stage(peft_model, classifier, layout, folder, eval_results)
+            stale = [] if classifier is not None else [CLASSIFIER_CONFIG_NAME]
+            folders = sorted(set(layout.values()))
+            staging.mark_complete(folder, resolved, folders, CONFIG_NAME, [SAFETENSORS_WEIGHTS_NAME], stale)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing of the target was touched yet
+            raise
+        try:
+            staging.move_into_place(folder, resolved)
+        except Exception as error:
+            raise OSError(
+                f"Saving into '{target}' failed while moving the files into place ({error}). The complete new "
+                f"adapter is staged in '{folder}': the next `mudpt_peft.hub.save_pretrained` into '{target}' or "
+                "MuDPT load from it (`MuDPTConfig.from_pretrained`, `PromptClassifier.from_pretrained`) finishes the "
+                "move, or move its files in yourself (adapter_config.json last)."
+            ) from error
+        shutil.rmtree(folder, ignore_errors=True)
     return target
 
 
@@ -201,7 +212,9 @@ def push_to_hub(
             The repository, e.g. `"your-name/clip-mudpt-eurosat"`.
         subfolder (`str`, *optional*):
             A folder of the repository to push to, so that one repository can hold several adapters (load them with
-            `PeftModel.from_pretrained(base, repo_id, subfolder=...)`).
+            `PeftModel.from_pretrained(base, repo_id, subfolder=...)`). A relative path of `/`-separated names, which
+            may be nested (`"adapters/eurosat"`); absolute paths, `..` and empty parts are refused before any request
+            ([`~mudpt_peft.names.check_subfolder`]).
         revision (`str`, *optional*):
             The branch to push to (created from `main` if it does not exist).
         commit_message (`str`, *optional*):
@@ -224,19 +237,20 @@ def push_to_hub(
     """
     peft_model, classifier = split_model(model)
     layout = adapters_to_save(peft_model, classifier, selected_adapters)
-    prefix = (subfolder or "").strip("/")
+    _check_names(layout)
+    prefix = check_subfolder(subfolder) or ""
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     if revision is not None and not revision.startswith("refs/pr"):
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mudpt-push-") as tmp:
-        staging = Path(tmp)
-        _stage(peft_model, classifier, layout, staging, eval_results, repo_id, prefix or None, revision)
+        root = Path(tmp)
+        _stage(peft_model, classifier, layout, root, eval_results, repo_id, prefix or None, revision)
         operations: list[CommitOperationAdd | CommitOperationDelete] = []
         uploaded = set()
-        for path in sorted(staging.rglob("*")):
+        for path in sorted(root.rglob("*")):
             if path.is_file():
-                path_in_repo = "/".join(part for part in (prefix, path.relative_to(staging).as_posix()) if part)
+                path_in_repo = "/".join(part for part in (prefix, path.relative_to(root).as_posix()) if part)
                 uploaded.add(path_in_repo)
                 operations.append(CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=str(path)))
         remote = set(api.list_repo_files(repo_id, revision=revision))

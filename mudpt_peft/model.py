@@ -41,6 +41,7 @@ from .layer import (
     refuse_merge,
 )
 from .methods import card_tags
+from .names import check_adapter_name
 
 
 class MuDPTModel(BaseTuner):
@@ -83,6 +84,8 @@ class MuDPTModel(BaseTuner):
     ) -> None:
         # checked before BaseTuner.__init__, which would otherwise write into the wrapped model's `peft_config`
         refuse_wrapped(model)
+        for name in [adapter_name, *(peft_config if isinstance(peft_config, dict) else ())]:
+            check_adapter_name(name, "`adapter_name`")
         super().__init__(model, peft_config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, state_dict=state_dict)
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -101,10 +104,12 @@ class MuDPTModel(BaseTuner):
     ) -> None:
         """Add the adapter `adapter_name` (its config is `self.peft_config[adapter_name]`) to `model`.
 
-        Everything is validated before any weight is created. The first adapter wraps the towers, the input
-        embeddings and the encoder layers that get deep prompts; later adapters reuse the wrappers (and wrap more
-        layers if they are deeper).
+        Everything is validated before any weight is created, the adapter name first (it becomes a folder name when
+        the adapter is saved, see [`~mudpt_peft.names.check_adapter_name`]). The first adapter wraps the towers, the
+        input embeddings and the encoder layers that get deep prompts; later adapters reuse the wrappers (and wrap
+        more layers if they are deeper).
         """
+        check_adapter_name(adapter_name, "`adapter_name`")
         config: MuDPTConfig = self.peft_config[adapter_name]
         if not isinstance(config, MuDPTConfig):
             raise ValueError(f"Expected a MuDPTConfig for adapter '{adapter_name}', got {type(config).__name__}.")

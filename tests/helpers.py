@@ -6,8 +6,11 @@ imports from here, never the other way round); `ddp_train_script.py` imports fro
 
 from __future__ import annotations
 
+import builtins
 import copy
+import io
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -134,6 +137,17 @@ def peft_model(method: str = "mudpt", seed: int = 0) -> PeftModel:
 # adapted models: outputs, adapter values, hooks
 
 
+def seeded_adapter(seed: int, names: tuple[str, ...] = ("default",)) -> PeftModel:
+    """MuDPT adapters `names` (depth 2) on the tiny CLIP that fits the tiny tokenizer, adapter `names[i]` with
+    random values from `seed + i`: the same values, and the same saved bytes, in every process."""
+    model = get_peft_model(clip_for_tokenizer(), MuDPTConfig(depth=2), adapter_name=names[0])
+    for name in names[1:]:
+        model.add_adapter(name, MuDPTConfig(depth=2))
+    for index, name in enumerate(names):
+        randomize_adapter(model, name, seed=seed + index)
+    return model
+
+
 def logits(model, inputs) -> torch.Tensor:
     """The image-to-text logits of `model` on `inputs`, without autograd."""
     with torch.no_grad():
@@ -258,3 +272,88 @@ def ref_injection(prompts: torch.Tensor, inj, heads: int) -> torch.Tensor:
         x = x + ref_linear(ref_quick_gelu(ref_linear(h, block.fc1)), block.fc2)
     x = ref_layer_norm(x, inj.ln_post, INJECTION_LN_EPS)
     return ref_linear(x, inj.proj)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# file-system faults: a save interrupted at an exact file operation
+
+
+class Killed(BaseException):
+    """A simulated kill at a file operation; a `BaseException` like `KeyboardInterrupt`, so that no
+    `except Exception` in the code under test stops it."""
+
+
+class FileOpFaults:
+    """Record the file-system changes made inside the block, and interrupt the `kill_at`-th one (0-based).
+
+    Counted: `os.replace` / `rename` / `unlink` / `remove` / `rmdir` / `mkdir` / `fsync`, `os.open` with a writing
+    flag, and `open` / `io.open` in a writing mode (safetensors writes its files from Rust: the operations just before
+    and after it are counted). `ops` lists `(kind, path)` of every counted operation. At operation `kill_at`:
+
+    - `mode="dead"`: raise [`Killed`] there and at every later operation, as for a killed process nothing more
+      reaches the disk (descriptors are still closed by the code's `finally` blocks, as the OS closes a dead
+      process's files, which releases its locks);
+    - `mode="once"`: raise [`Killed`] there only (an interruption that the process survives, like Ctrl-C);
+    - `mode="error"`: raise `OSError` there only (a failing disk);
+    - `action`: call it there, then carry on (e.g. to look at the folder from "another process" at that point).
+    """
+
+    KINDS = ("replace", "rename", "unlink", "remove", "rmdir", "mkdir", "fsync")
+    WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def __init__(self, kill_at: int | None = None, mode: str = "dead", action=None) -> None:
+        assert mode in ("dead", "once", "error")
+        self.kill_at, self.mode, self.action = kill_at, mode, action
+        self.ops: list[tuple[str, str]] = []
+        self.dead = False
+        self._saved: list[tuple[object, str, object]] = []
+
+    def _hit(self, kind: str, path: object) -> None:
+        if self.dead:
+            raise Killed(f"dead since operation {self.kill_at}")
+        index = len(self.ops)
+        self.ops.append((kind, os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)))
+        if index != self.kill_at:
+            return
+        if self.action is not None:
+            self.action()
+        elif self.mode == "error":
+            raise OSError(28, "No space left on device (simulated)")
+        else:
+            self.dead = self.mode == "dead"
+            raise Killed(f"killed at operation {index}: {self.ops[-1]}")
+
+    def _wrap(self, owner: object, name: str, counted) -> None:
+        original = getattr(owner, name)
+        self._saved.append((owner, name, original))
+
+        def wrapper(*args, **kwargs):
+            if counted(args, kwargs):
+                self._hit(name, args[0] if args else kwargs.get("file", "?"))
+            return original(*args, **kwargs)
+
+        setattr(owner, name, wrapper)
+
+    def __enter__(self) -> FileOpFaults:
+        for kind in self.KINDS:
+            self._wrap(os, kind, lambda args, kwargs: True)
+
+        def writes(args, kwargs) -> bool:
+            mode = args[1] if len(args) > 1 else kwargs.get("mode", "r")
+            return isinstance(mode, str) and any(char in mode for char in "wax+")
+
+        self._wrap(os, "open", lambda args, kwargs: bool((args[1] if len(args) > 1 else 0) & self.WRITE_FLAGS))
+        self._wrap(builtins, "open", writes)
+        self._wrap(io, "open", writes)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for owner, name, original in reversed(self._saved):
+            setattr(owner, name, original)
+        self._saved.clear()
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative POSIX path -> bytes): what a load of it can see."""
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in files}

@@ -1020,10 +1020,15 @@ def test_interrupted_saves_never_load_as_a_wrong_adapter(base_repo, inputs, tmp_
 
     with monkeypatch.context() as patch:
         patch.setattr(hub.os, "replace", replace_then_crash)
-        with pytest.raises(SimulatedCrash):
+        with pytest.raises(OSError, match="The complete new adapter is staged in '.*mudpt-save-") as caught:
             hub.save_pretrained(b, protected)
-    assert moved == ["adapter_model.safetensors"] and not (protected / "adapter_config.json").exists()
-    refused(protected, "Can't find 'adapter_config.json'")
+    assert isinstance(caught.value.__cause__, SimulatedCrash)
+    assert moved == [".mudpt-staged.json", "adapter_model.safetensors"]  # the staging marker, then the weights
+    assert not (protected / "adapter_config.json").exists()
+    refused(protected, "Can't find 'adapter_config.json'")  # peft reads the config before any MuDPT code runs
+    MuDPTConfig.from_pretrained(protected)  # a MuDPT load finishes the move from the staged copy
+    assert torch.equal(logits(PeftModel.from_pretrained(base(), protected), inputs), expected_b)
+    assert not [p for p in tmp_path.iterdir() if "mudpt-save" in p.name]
 
     # a completed save of B
     hub.save_pretrained(b, protected)
