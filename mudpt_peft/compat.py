@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ._utils import short_repr
 from .families import get_family_spec
 
 if TYPE_CHECKING:
@@ -21,6 +22,11 @@ __all__ = ["BASE_FAMILY_KEY", "BASE_GEOMETRY_KEY", "base_model_record", "check_b
 #: The keys, inside `auto_mapping`, of the family name and the geometry (widths, layer counts) of the base model.
 BASE_FAMILY_KEY = "mudpt_base_family"
 BASE_GEOMETRY_KEY = "mudpt_base_geometry"
+
+
+def _name(value: object) -> str:
+    """A recorded name for a message: as it is when it is a short string, else cut short."""
+    return value if isinstance(value, str) and len(value) <= 100 else short_repr(value, 100)
 
 
 def base_model_record(model: Any) -> dict[str, Any]:
@@ -51,27 +57,30 @@ def check_base_model(config: MuDPTConfig | Mapping[str, Any], model: Any) -> Non
         return
     base_name = config.get("base_model_name_or_path") if isinstance(config, Mapping) else None
     base_name = base_name or getattr(config, "base_model_name_or_path", None)
+    # the values come from a file: quoted cut short (see `mudpt_peft.adapter_files.check_auto_mapping` for their types)
     hint = (
-        f"Load it onto the base model it was trained for{f' ({base_name!r})' if base_name else ''}; to start a new "
-        "adapter on this model from its config instead, set `config.auto_mapping = None` first."
+        f"Load it onto the base model it was trained for{f' ({short_repr(base_name)})' if base_name else ''}; to "
+        "start a new adapter on this model from its config instead, set `config.auto_mapping = None` first."
     )
     recorded_class = auto_mapping.get("base_model_class")
     recorded_family = auto_mapping.get(BASE_FAMILY_KEY)
     actual = base_model_record(model)
     if recorded_family is not None and recorded_family != actual[BASE_FAMILY_KEY]:
         raise ValueError(
-            f"This MuDPT adapter was saved for a {recorded_class or recorded_family} model (family "
-            f"'{recorded_family}'), not for a {type(model).__name__} (family '{actual[BASE_FAMILY_KEY]}'). {hint}"
+            f"This MuDPT adapter was saved for a {_name(recorded_class or recorded_family)} model (family "
+            f"'{_name(recorded_family)}'), not for a {type(model).__name__} (family "
+            f"'{actual[BASE_FAMILY_KEY]}'). {hint}"
         )
-    if recorded_family is None and recorded_class and recorded_class not in {c.__name__ for c in type(model).__mro__}:
+    known_class = isinstance(recorded_class, str) and recorded_class in {c.__name__ for c in type(model).__mro__}
+    if recorded_family is None and recorded_class and not known_class:
         raise ValueError(
-            f"This MuDPT adapter was saved for a {recorded_class} (`auto_mapping.base_model_class` in "
+            f"This MuDPT adapter was saved for a {_name(recorded_class)} (`auto_mapping.base_model_class` in "
             f"adapter_config.json), not for a {type(model).__name__}. {hint}"
         )
     recorded_geometry = auto_mapping.get(BASE_GEOMETRY_KEY)
     if isinstance(recorded_geometry, Mapping):
         differences = [
-            f"{key} {recorded_geometry[key]} (this model: {value})"
+            f"{key} {short_repr(recorded_geometry[key], 40)} (this model: {value})"
             for key, value in actual[BASE_GEOMETRY_KEY].items()
             if key in recorded_geometry and recorded_geometry[key] != value
         ]
