@@ -461,3 +461,135 @@ def test_a_damaged_classifier_file_is_refused_naming_it(content, message, saved_
     assert unwrapped(clip)
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# templates: exactly one `{}` and no other field, checked where the classifier is built
+
+BAD_TEMPLATES = {
+    "{} {x}": r"`template` '\{\} \{x\}' has 2 fields",
+    "{}{}": r"`template` '\{\}\{\}' has 2 fields",
+    "{0}": r"`template` '\{0\}' has the field '\{0\}' instead of `\{\}`",
+    "a {name}.": r"has the field '\{name\}' instead of `\{\}`",
+    "a {!r}.": r"has the field '\{!r\}' instead of `\{\}`",
+    "{": r"`template` '\{' is not a valid template \(Single '\{' encountered in format string\)",
+    "a } {}": r"is not a valid template \(Single '\}' encountered",
+    "a photo": r"`template` 'a photo' has no `\{\}` placeholder",
+    None: r"`template` must be a string, got None \(a NoneType\)",
+    42: r"`template` must be a string, got 42: ",
+}
+RULE = r"a template needs exactly one `\{\}` placeholder, where the class name goes, and no other fields"
+
+
+@pytest.mark.parametrize(("template", "message"), list(BAD_TEMPLATES.items()), ids=[str(t) for t in BAD_TEMPLATES])
+def test_a_bad_template_is_refused_where_the_classifier_is_built(template, message, tokenizer, tmp_path):
+    clip = clip_for_tokenizer()
+    pattern = message + ".*" + RULE + r" \(write literal braces as `\{\{` and `\}\}`\)"
+    with pytest.raises(ValueError, match=pattern):
+        PromptClassifier(clip, tokenizer, CLASSIFIER_CLASSES, template=template)
+    with pytest.raises(ValueError, match=pattern):
+        evaluate(clip, labelled([1, 1]), ["cat", "dog"], tokenizer, image_processor(), template=template)
+    with pytest.raises(ValueError, match=pattern):
+        alignment(clip, make_inputs(batch=2)["pixel_values"], [0, 1], ["cat", "dog"], tokenizer, template=template)
+    args = dict(args=quiet_args(tmp_path), image_processor=image_processor())
+    with pytest.raises(ValueError, match=pattern):
+        PromptTuningTrainer(peft_model(), COLOR_CLASSES, tokenizer, template=template, **args)
+
+
+def test_good_templates_and_escaped_braces(tokenizer):
+    classifier = PromptClassifier(clip_for_tokenizer(), tokenizer, ["cat", "dog"], template="{{a}} photo of a {}")
+    expected = tokenizer(["{a} photo of a cat", "{a} photo of a dog"], padding="longest", return_tensors="pt")
+    assert torch.equal(classifier.class_input_ids, expected["input_ids"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# class names: distinct non-empty strings; training needs two classes
+
+
+def quiet_args(output_dir):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(output_dir=str(output_dir), report_to=[], use_cpu=True, disable_tqdm=True)
+
+
+DUPLICATES = ["cat", "dog", "cat", "zebra", "dog", "cat"]
+DUPLICATES_MESSAGE = r"`class_names` must be distinct: 2 name\(s\) occur more than once: 'cat' \(3x\), 'dog' \(2x\)\."
+
+
+def test_duplicate_class_names_are_refused_everywhere(tokenizer, tmp_path):
+    clip = clip_for_tokenizer()
+    with pytest.raises(ValueError, match=DUPLICATES_MESSAGE):
+        PromptClassifier(clip, tokenizer, DUPLICATES)
+    classifier = PromptClassifier(clip, tokenizer, ["cat", "dog"])
+    with pytest.raises(ValueError, match=DUPLICATES_MESSAGE):
+        classifier.class_names = DUPLICATES
+    assert classifier.class_names == ["cat", "dog"]  # unchanged
+    data = color_dataset(6)
+    with pytest.raises(ValueError, match=DUPLICATES_MESSAGE):
+        check_image_classification_dataset(data, DUPLICATES)
+    with pytest.raises(ValueError, match=DUPLICATES_MESSAGE):
+        evaluate(clip, data, DUPLICATES, tokenizer, image_processor())
+    with pytest.raises(ValueError, match=DUPLICATES_MESSAGE):
+        mudpt_peft.base_to_new(labelled([1] * 6, class_label=False), DUPLICATES)
+    args = dict(args=quiet_args(tmp_path), image_processor=image_processor())
+    with pytest.raises(ValueError, match=DUPLICATES_MESSAGE):
+        PromptTuningTrainer(peft_model(), DUPLICATES, tokenizer, train_dataset=data, **args)
+
+
+def test_many_duplicates_are_listed_briefly():
+    names = [f"class {i % 50}" for i in range(100)]
+    with pytest.raises(ValueError, match=r"50 name\(s\) occur more than once: 'class 0' \(2x\), .* and 45 more\.") as e:
+        PromptClassifier(make_clip(), None, names)
+    assert len(str(e.value)) <= MAX_MESSAGE
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["cat", None], r"must hold non-empty strings \(one per label\), got None \(a NoneType\) at index 1"),
+        (["cat", 3], r"got 3 at index 1"),
+        (["", "dog"], r"got '' \(a str\) at index 0"),
+        ("cat", r"must be a non-empty list of class names in label order.*got 'cat' \(a str\)"),
+        ({"cat": 0}, r"must be a non-empty list of class names"),
+        (None, r"must be a non-empty list of class names"),
+    ],
+)
+def test_class_names_are_non_empty_strings(names, message, tokenizer):
+    with pytest.raises(ValueError, match=r"`class_names` .*" + message):
+        PromptClassifier(clip_for_tokenizer(), tokenizer, names)
+
+
+ONE_CLASS = r"with one class to choose from, the loss is 0 and the accuracy trivially 100 %, so nothing is learned"
+
+
+def test_a_one_class_training_set_is_refused(tokenizer, tmp_path):
+    data = color_dataset(6)
+    args = dict(args=quiet_args(tmp_path), image_processor=image_processor())
+    with pytest.raises(
+        ValueError, match=r"PromptTuningTrainer needs at least 2 classes, got 1 \('cat'\): " + ONE_CLASS
+    ):
+        PromptTuningTrainer(peft_model(), ["cat"], tokenizer, train_dataset=color_dataset(3, classes=1), **args)
+    # two class names, but the training examples are all of one class
+    only_dogs = data.filter(lambda row: row["label"] == 1)
+    with pytest.raises(ValueError, match=r"train_dataset: The training set holds examples of one class only \('dog'"):
+        PromptTuningTrainer(peft_model(), COLOR_CLASSES, tokenizer, train_dataset=only_dogs, **args)
+    # ...which is fine for an evaluation set (e.g. the accuracy on one class)
+    trainer = PromptTuningTrainer(
+        peft_model(), COLOR_CLASSES, tokenizer, train_dataset=data, eval_dataset=only_dogs, **args
+    )
+    assert trainer.class_names == COLOR_CLASSES
+    with pytest.raises(ValueError, match=r"Training needs at least 2 classes, got 1 \('cat'\)"):
+        check_image_classification_dataset(color_dataset(3, classes=1), ["cat"], training=True)
+    check_image_classification_dataset(color_dataset(3, classes=1), ["cat"])  # not a training set
+
+
+def test_few_shot_refuses_a_one_class_dataset():
+    with pytest.raises(
+        ValueError,
+        match=r"`few_shot` builds a training set, which needs at least 2 classes; the "
+        r"dataset has 1 \('cat'\): " + ONE_CLASS,
+    ):
+        few_shot(labelled([4]), shots=2)
+    with pytest.raises(ValueError, match=r"the dataset has 1 \(0\)"):
+        few_shot(labelled([4], class_label=False), shots=2)
+    assert len(few_shot(labelled([2, 2]), shots=2)) == 4
+
+
