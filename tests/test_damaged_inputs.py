@@ -593,3 +593,95 @@ def test_few_shot_refuses_a_one_class_dataset():
     assert len(few_shot(labelled([2, 2]), shots=2)) == 4
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# text longer than the text tower's positions: refused as plain CLIP refuses it, never cut silently
+
+MAX_POSITIONS, N_CTX = 16, 2
+
+
+def text_model(eos_token_id: int = EOS_ID):
+    """`(plain text tower, the same tower with a MuDPT adapter of N_CTX prompts)` of a tiny CLIP with 16 positions."""
+    plain = make_clip(eos_token_id=eos_token_id)
+    adapted = get_peft_model(make_clip(eos_token_id=eos_token_id), MuDPTConfig(depth=2, n_ctx=N_CTX))
+    return plain.text_model, adapted.base_model.model.text_model
+
+
+def words(length: int, seed: int = 0) -> torch.Tensor:
+    """A row of BOS and `length - 1` word ids: no EOS."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.tensor([BOS_ID]), torch.randint(1, BOS_ID - 1, (length - 1,), generator=generator)])[None]
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["no mask", "mask"])
+@pytest.mark.parametrize("with_eos", [False, True], ids=["no EOS", "EOS"])
+def test_over_long_text_is_refused_as_plain_clip_refuses_it(with_eos, with_mask):
+    plain, adapted = text_model()
+    input_ids = words(40)
+    if with_eos:
+        input_ids[0, 5:] = EOS_ID  # 4 words, then EOS and EOS padding: still longer than the tower
+    inputs = {"input_ids": input_ids}
+    if with_mask:
+        inputs["attention_mask"] = (torch.arange(40) < (6 if with_eos else 40)).long()[None]
+    with pytest.raises(ValueError, match="Sequence length must be less than max_position_embeddings"):
+        plain(**inputs)
+    with pytest.raises(
+        ValueError,
+        match=r"^The text inputs are 40 tokens long, but the text tower has only 16 positions, of which 2 go to the "
+        r"learned prompt tokens. Tokenize with `max_length=14, truncation=True` \(16 positions - n_ctx\).$",
+    ):
+        adapted(**inputs)
+
+
+def test_text_without_eos_that_fits_the_tower_but_not_the_prompts_is_refused():
+    """16 tokens without EOS fill the 16 positions: nothing tells padding from text, so nothing is dropped (it was
+    cut to 14 tokens silently). Plain CLIP takes them; with the 2 prompts they do not fit."""
+    plain, adapted = text_model()
+    input_ids = words(MAX_POSITIONS)
+    plain(input_ids=input_ids)
+    with pytest.raises(
+        ValueError, match=r"hold 16 tokens that must be kept, and 2 learned prompt tokens .*max_length=14"
+    ):
+        adapted(input_ids=input_ids)
+    with torch.no_grad():  # tokenized to fit: fine
+        assert adapted(input_ids=input_ids[:, :14]).last_hidden_state.shape[1] == MAX_POSITIONS
+
+
+@pytest.mark.parametrize("eos_token_id", [EOS_ID, 2], ids=["EOS id", "legacy argmax"])
+def test_padding_after_eos_still_makes_room_for_the_prompts(eos_token_id):
+    """Padded to the tower's length with EOS present, the prompts replace padding (with or without a mask); a row
+    without EOS among them keeps all its tokens."""
+    _, adapted = text_model(eos_token_id)
+    short = make_inputs(batch=3, length=10)  # BOS, words, EOS; EOS padding; EOS_ID is the vocabulary's last id
+    padded = torch.cat([short["input_ids"], torch.full((3, MAX_POSITIONS - 10), EOS_ID)], dim=1)
+    mask = torch.cat([short["attention_mask"], torch.zeros(3, MAX_POSITIONS - 10, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        reference = adapted(input_ids=short["input_ids"]).pooler_output
+        torch.testing.assert_close(adapted(input_ids=padded).pooler_output, reference, rtol=1e-6, atol=1e-6)
+        with_mask = adapted(input_ids=padded, attention_mask=mask).pooler_output
+        torch.testing.assert_close(
+            with_mask, adapted(**{k: short[k] for k in ("input_ids", "attention_mask")}).pooler_output
+        )
+    no_eos = padded.clone()
+    no_eos[1] = words(MAX_POSITIONS, seed=3)[0]
+    with pytest.raises(ValueError, match=r"hold 16 tokens that must be kept"):
+        adapted(input_ids=no_eos)
+
+
+def test_the_classifier_tokenisation_still_works(tokenizer):
+    """The classifier pads its prompts to the longest; with the prompts inserted they stay within the positions."""
+    model = get_peft_model(clip_for_tokenizer(), MuDPTConfig(depth=2, n_ctx=N_CTX))
+    classifier = PromptClassifier(model, tokenizer, CLASSIFIER_CLASSES).eval()
+    features = classifier.encode_classes()
+    assert features.shape == (len(CLASSIFIER_CLASSES), 24) and torch.isfinite(features).all()
+    # text tokenized with the advised truncation fits too, however long it was
+    long_text = tokenizer(
+        ["a photo of a " * 10], truncation=True, max_length=MAX_POSITIONS - N_CTX, return_tensors="pt"
+    )
+    assert long_text["input_ids"].shape[1] == MAX_POSITIONS - N_CTX
+    assert long_text["input_ids"][0, -1] == TOKENIZER_EOS_ID
+    with torch.no_grad():
+        out = model.get_text_features(**long_text).pooler_output
+    assert torch.isfinite(out).all()
+    too_long = tokenizer(["a photo of a " * 10], return_tensors="pt")
+    with pytest.raises(ValueError, match=r"The text inputs are \d+ tokens long, .*`max_length=14, truncation=True`"):
+        model.get_text_features(**too_long)
