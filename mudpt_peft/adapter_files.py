@@ -11,8 +11,10 @@
   Adapters saved by earlier versions record the sha256 of the safetensors file instead; it is checked when the
   config is read ([`load_config`]).
 - Load-time checks before any weight is created ([`load_config`], run by `MuDPTConfig.from_pretrained`): the config
-  is valid JSON of peft type MUDPT; the weights are complete safetensors (or an allowed pickle); weights are required
-  when the config records their fingerprint.
+  is a JSON object of bounded size and nesting, of peft type MUDPT, with an `auto_mapping` of the expected structure
+  ([`check_auto_mapping`]); the weights are complete safetensors (or an allowed pickle); weights are required when
+  the config records their fingerprint. Every refusal is a `ValueError` that names the file, with values from the
+  file quoted cut short.
 """
 
 from __future__ import annotations
@@ -501,8 +503,9 @@ def check_adapter(
     The checks are those `PeftModel.from_pretrained` runs through [`MuDPTConfig.from_pretrained`]: the repository,
     revision and files exist; `adapter_config.json` is valid JSON of peft type MUDPT; `adapter_model.safetensors` is
     complete (and present when the config records a fingerprint of it); pickled `adapter_model.bin` weights only
-    inside [`allow_pickled_weights`]. A valid `MuDPTConfig` is not required here. The tensors fingerprint is compared
-    when the tensors are loaded.
+    inside [`allow_pickled_weights`]. A valid `MuDPTConfig` is not required here, but `adapter_config.json` must be a
+    JSON object of at most 1 MB and 16 levels of nesting, with a string `peft_type` and a well-formed `auto_mapping`.
+    The tensors fingerprint is compared when the tensors are loaded.
 
     Args:
         pretrained_model_name_or_path (`str` or `os.PathLike`):

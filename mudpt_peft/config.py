@@ -143,10 +143,15 @@ class MuDPTConfig(PeftConfig):
             Standard deviation of the normal initialisation of the prompts; finite and > 0.
 
     Integer fields take Python `int`s only (not `bool`, `float` such as `2.0` or strings such as `"2"`); float fields
-    take `int` or `float` but not `bool`, NaN or infinity. Every bound is checked in `__post_init__`, or against the
-    model before any weight is created, so that an `adapter_config.json` from anyone is refused in well under a second
-    and a few MB; a refusal is a `ValueError` that names the field, the value (cut to 200 characters) and the allowed
-    range.
+    take `int` or `float` but not `bool`, NaN or infinity (nor an integer too large for a float). Every bound is
+    checked in `__post_init__`, or against the model before any weight is created, so that an `adapter_config.json`
+    from anyone is refused in well under a second and a few MB; a refusal is a `ValueError` that names the field, the
+    value (cut to 200 characters) and the allowed range. The fields every peft config has are checked too:
+    `peft_type` is `"MUDPT"` or None, `task_type` None or a peft `TaskType`, `inference_mode` a bool,
+    `base_model_name_or_path` / `revision` / `peft_version` / `tokenizer_name_or_path` None or strings of at most 4096
+    characters, and `auto_mapping` None or a dict whose records have the types a save writes
+    ([`~mudpt_peft.adapter_files.check_auto_mapping`]). An unknown keyword argument stays a `TypeError`: peft's
+    `from_peft_type` relies on it to ignore the fields of newer versions.
 
     Configs saved before `cross_attention_heads` / `cross_attention_dropout` existed kept those settings in
     `injection_heads` / `injection_dropout`; they are read into the new fields, so such adapters load unchanged.
@@ -354,8 +359,10 @@ class MuDPTConfig(PeftConfig):
         peft calls this (as the registered config class of `MUDPT`) in `PeftModel.from_pretrained` and
         `PeftModel.load_adapter` before it creates any adapter weight, so an adapter refused here leaves the model as
         it was. On top of `PeftConfig.from_pretrained`, a `ValueError` that names the file and says what to do is
-        raised when the repository, revision or file does not exist, or `adapter_config.json` is not valid JSON or not
-        a MUDPT config; when `adapter_model.safetensors` is truncated or corrupted, or missing although the config
+        raised when the repository, revision or file does not exist, or `adapter_config.json` is damaged (larger than
+        1 MB, not UTF-8, not a JSON object, nested more than 16 levels deep, an integer of thousands of digits), not a
+        MUDPT config or not a valid one (every field is checked; entries that are not fields are ignored with a
+        warning); when `adapter_model.safetensors` is truncated or corrupted, or missing although the config
         records its fingerprint (every save with weights does; a config saved on its own does not, and loads by
         itself), or the weights exist only as a pickled `adapter_model.bin` and pickles were not allowed with
         `mudpt_peft.allow_pickled_weights()`. `mudpt_peft.check_adapter` runs these checks. Whether the tensors are
