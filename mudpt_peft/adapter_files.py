@@ -546,12 +546,12 @@ def load_config(
     if unknown:
         for key in unknown:
             del attributes[key]
-        listed = ", ".join(short_repr(key, 60) for key in unknown[:5]) + (
-            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        )
-        warnings.warn(
-            f"{source.describe(CONFIG_NAME)} has entries that are not {config_cls.__name__} fields, which are ignored: "
-            f"{listed}. It was probably saved by a newer version of mudpt-peft; upgrading is recommended.",
+        listed = "[" + ", ".join(short_repr(key, 60) for key in unknown[:5])
+        listed += f", ... and {len(unknown) - 5} more]" if len(unknown) > 5 else "]"
+        warnings.warn(  # peft's message (which its tests match), with the list cut short and the file named
+            f"Unexpected keyword arguments {listed} for class {config_cls.__name__}, these are ignored. They are in "
+            f"{source.describe(CONFIG_NAME)}, probably saved by a newer version of mudpt-peft or peft; upgrading "
+            "is recommended.",
             stacklevel=3,
         )
     auto_mapping = attributes.get("auto_mapping")

@@ -278,9 +278,11 @@ class MuDPTConfig(PeftConfig):
             raise ValueError(f"`peft_type` of a MuDPTConfig must be 'MUDPT' (or None), got {_got(peft_type)}.")
         task_types = [task_type.value for task_type in TaskType]
         if self.task_type is not None and not (isinstance(self.task_type, str) and self.task_type in task_types):
-            raise ValueError(
-                f"`task_type` must be None (MuDPT's default) or one of {', '.join(task_types)}; got "
-                f"{_got(self.task_type)}."
+            shown = self.task_type if isinstance(self.task_type, str) else short_repr(self.task_type, 80)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise ValueError(  # peft's message (which its tests match), with the value cut short
+                f"Invalid task type: '{shown}'. Must be one of the following task types: {', '.join(task_types)}. "
+                f"(`task_type` of a MuDPTConfig; MuDPT's default is None.)"
             )
         if not isinstance(self.inference_mode, bool):
             raise ValueError(f"`inference_mode` must be True or False, got {_got(self.inference_mode)}.")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import PeftConfig, PeftModel, get_peft_model
+from peft import PeftConfig, PeftModel, TaskType, get_peft_model
 
 import mudpt_peft
 from mudpt_peft import MuDPTConfig, PromptClassifier, PromptTuningTrainer
@@ -265,6 +265,28 @@ def test_geometry_records_are_integers(tiny_adapter, tmp_path):
         MuDPTConfig.from_pretrained(folder)
 
 
+def test_peft_contract_for_two_unknown_entries_and_an_invalid_task_type(tiny_adapter, tmp_path):
+    """What peft's own config tests check of every config class (`test_from_pretrained_forward_compatible`,
+    `test_invalid_task_type`)."""
+    source, saved = tiny_adapter
+    folder = write_adapter(tmp_path / "adapter", source, json.dumps({**saved, "foobar": "baz", "spam": 123}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        MuDPTConfig.from_pretrained(folder)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    assert str(caught[0].message).startswith(
+        "Unexpected keyword arguments ['foobar', 'spam'] for class MuDPTConfig, these are ignored."
+    )
+    task_types = ", ".join(t.value for t in TaskType)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"Invalid task type: 'invalid-task-type'. Must be one of the following task types: {task_types}."
+        ),
+    ):
+        MuDPTConfig(task_type="invalid-task-type")
+
+
 def test_unknown_keyword_arguments_stay_a_type_error():
     """peft's forward compatibility relies on it: `from_peft_type` drops fields it gets this TypeError for."""
     with pytest.raises(TypeError, match="unexpected keyword argument 'target_modules'"):
@@ -280,14 +302,16 @@ def test_unknown_entries_in_a_file_are_ignored_with_a_short_warning(tiny_adapter
         warnings.simplefilter("always")
         config = MuDPTConfig.from_pretrained(folder)
     messages = [str(w.message) for w in caught]
-    ignored = [m for m in messages if "are not MuDPTConfig fields, which are ignored: 'cls', 'field_0'" in m]
-    assert len(ignored) == 1 and "and 38 more" in ignored[0] and len(ignored[0]) <= MAX_MESSAGE, messages
+    # peft's warning (its tests match the start), with the list cut short
+    start = "Unexpected keyword arguments ['cls', 'field_0', 'field_1', 'field_10', 'field_11', ... and 38 more] for "
+    ignored = [m for m in messages if m.startswith(start + "class MuDPTConfig, these are ignored. They are in ")]
+    assert len(ignored) == 1 and len(ignored[0]) <= MAX_MESSAGE + len(str(folder)), messages
     assert any("contains a `runtime_config` entry; it is ignored" in m for m in messages), messages
     assert config.depth == 2 and not hasattr(config, "target_modules")
     with warnings.catch_warnings(record=True) as caught:  # and it loads (peft warns of `runtime_config` too)
         warnings.simplefilter("always")
         assert PeftModel.from_pretrained(make_clip(), str(folder)).peft_config["default"].depth == 2
-    assert any("are not MuDPTConfig fields" in str(w.message) for w in caught)
+    assert any(str(w.message).startswith("Unexpected keyword arguments ['cls', ") for w in caught)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
