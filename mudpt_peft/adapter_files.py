@@ -15,18 +15,22 @@
   once, by the loader that loads them. Adapters saved by earlier versions record the sha256 of the safetensors
   file instead; [`load_config`] checks it and derives the tensors fingerprint from the same bytes.
 - Load-time checks before any weight is created ([`load_config`], run by `MuDPTConfig.from_pretrained`): the config
-  is valid JSON of peft type MUDPT; the weights file is a complete safetensors file (its header is parsed, its tensors
-  are not read) or an allowed pickle; weights are required when the config records their fingerprint.
+  is a JSON object of bounded size and nesting, of peft type MUDPT, with an `auto_mapping` of the expected structure
+  ([`check_auto_mapping`]); the weights file is a complete safetensors file (its header is parsed, its tensors are
+  not read) or an allowed pickle; weights are required when the config records their fingerprint. Every refusal is
+  a `ValueError` that names the file, with values from the file quoted cut short.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +50,8 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from ._peft_type import MUDPT_PEFT_TYPE, MUDPT_PREFIX, peft_type_value
+from ._utils import check_class_names, check_template, short_repr, value_and_type
+from .compat import BASE_FAMILY_KEY, BASE_GEOMETRY_KEY
 from .names import check_subfolder
 from .staging import recover_interrupted_saves, staged_copy_hint
 
@@ -62,6 +68,7 @@ __all__ = [
     "adapter_fingerprint",
     "allow_pickled_weights",
     "check_adapter",
+    "check_auto_mapping",
     "check_tensor_values",
     "config_fingerprint",
     "load_classifier_info",
@@ -440,19 +447,136 @@ def read_safetensors(source: Path | bytes, description: str) -> dict[str, torch.
         return load(source) if isinstance(source, bytes) else load_file(str(source))
     except Exception as error:  # SafetensorError, OSError
         raise _damaged_safetensors(description, error) from error
+#: The largest `adapter_config.json` read (a real one is about 1 KB; `ctx_init` at its 16384-character cap and 1024
+#: token ids stay far below).
+MAX_CONFIG_FILE_BYTES = 1 << 20
+#: The largest `prompt_classifier.json` read (ImageNet-21k's 21,843 class names take about 0.5 MB).
+MAX_CLASSIFIER_FILE_BYTES = 16 << 20
+#: How deeply the JSON values of these files may nest (MuDPT's own nest 3 levels: `auto_mapping`, the geometry).
+MAX_JSON_DEPTH = 16
+#: The longest `peft_type` string read (peft's types are at most 15 characters).
+_MAX_PEFT_TYPE_CHARS = 64
+_SHA256_HEX = frozenset("0123456789abcdef")
+_AGAIN = "the file is truncated, corrupted or was edited by hand; save or upload it again"
+
+
+def _json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether `value` (parsed JSON) nests lists / objects more than `limit` levels deep; iterative, so that no depth
+    of nesting can exhaust the stack."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth >= limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def _read_json(path: Path, description: str) -> dict[str, Any]:
+    """The JSON object in `path`, or a `ValueError` that starts with `description` (the file and where it is) and
+    says what is wrong: unreadable, larger than it can be, not UTF-8, not JSON, a JSON value that is not an object,
+    nested deeper than [`MAX_JSON_DEPTH`], an integer of more digits than Python converts.
+
+    An `adapter_config.json` is also checked for what the load-time checks read before any config is built: its
+    `peft_type` (a string) and its `auto_mapping` (see [`check_auto_mapping`]).
+    """
+    limit = MAX_CONFIG_FILE_BYTES if path.name == CONFIG_NAME else MAX_CLASSIFIER_FILE_BYTES
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        with open(path, "rb") as file:
+            data = file.read(limit + 1)  # never more than the limit, whatever the file grows to meanwhile
+    except OSError as error:
+        raise ValueError(f"{description} could not be read ({error.strerror or error}).") from error
+    if len(data) > limit:
         raise ValueError(
-            f"{description} is not valid JSON ({error}); the file is truncated or corrupted (an interrupted save or "
+            f"{description} is larger than {limit // (1 << 20)} MB, which no MuDPT adapter writes: {_AGAIN}."
+        )
+    try:
+        content = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        reason = short_repr(str(error), 120)[1:-1] if isinstance(error, json.JSONDecodeError) else "not UTF-8"
+        raise ValueError(
+            f"{description} is not valid JSON ({reason}); the file is truncated or corrupted (an interrupted save or "
             "upload?). Save or upload it again."
-        ) from error
+        ) from None
+    except RecursionError:
+        raise ValueError(f"{description} nests JSON values too deeply to be read: {_AGAIN}.") from None
+    except ValueError:  # int(): more than sys.get_int_max_str_digits() digits
+        raise ValueError(f"{description} holds an integer of thousands of digits: {_AGAIN}.") from None
     if not isinstance(content, dict):
-        raise ValueError(f"{description} must hold a JSON object, got {type(content).__name__}.")
+        raise ValueError(f"{description} must hold a JSON object, got {type(content).__name__}: {_AGAIN}.")
+    if _json_depth_exceeds(content, MAX_JSON_DEPTH):
+        raise ValueError(f"{description} nests JSON values more than {MAX_JSON_DEPTH} levels deep: {_AGAIN}.")
+    if path.name == CONFIG_NAME:
+        peft_type = content.get("peft_type")
+        if peft_type is not None and (not isinstance(peft_type, str) or len(peft_type) > _MAX_PEFT_TYPE_CHARS):
+            raise ValueError(
+                f"{description} has a 'peft_type' of {value_and_type(peft_type, 80)}; it must be the name of a peft "
+                f"method, such as 'MUDPT' or 'LORA': {_AGAIN}."
+            )
+        try:
+            check_auto_mapping(content.get("auto_mapping"))
+        except ValueError as error:
+            raise ValueError(f"{description} is not a valid MuDPT config: {error}") from None
     return content
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and _SHA256_HEX.issuperset(value)
+
+
+def check_auto_mapping(auto_mapping: object) -> None:
+    """Check the `auto_mapping` of an adapter config: `None` or a dict whose records have the types their readers
+    expect; a `ValueError` that names the entry otherwise.
+
+    The records: peft's `base_model_class` and `parent_library` (strings); MuDPT's fingerprints
+    ([`TENSORS_FINGERPRINT_KEY`], [`CONFIG_FINGERPRINT_KEY`], [`WEIGHTS_FINGERPRINT_KEY`]: sha256 hex digests, as
+    every save writes them) and
+    base model record (`mudpt_base_family`: a string, `mudpt_base_geometry`: an object of integers, see
+    `mudpt_peft.compat`). Other entries (another tool's) are left alone, as long as they nest at most
+    [`MAX_JSON_DEPTH`] levels.
+    """
+    if auto_mapping is None:
+        return
+    if not isinstance(auto_mapping, Mapping):
+        raise ValueError(
+            "`auto_mapping` must be a JSON object (the records of the base model and of the weights) or null, got "
+            f"{value_and_type(auto_mapping, 80)}."
+        )
+    if _json_depth_exceeds(dict(auto_mapping), MAX_JSON_DEPTH):
+        raise ValueError(f"`auto_mapping` nests more than {MAX_JSON_DEPTH} levels deep.")
+    for key in (TENSORS_FINGERPRINT_KEY, CONFIG_FINGERPRINT_KEY, WEIGHTS_FINGERPRINT_KEY):
+        value = auto_mapping.get(key)
+        if value is not None and not _is_sha256(value):
+            raise ValueError(
+                f"`auto_mapping.{key}` must be a sha256 (64 lowercase hexadecimal digits) as every save records it, "
+                f"got {value_and_type(value, 80)}; restore adapter_config.json from the save of its weights."
+            )
+    for key in ("base_model_class", "parent_library", BASE_FAMILY_KEY):
+        value = auto_mapping.get(key)
+        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 1000):
+            raise ValueError(
+                f"`auto_mapping.{key}` must be a name (a non-empty string of at most 1000 characters), got "
+                f"{value_and_type(value, 80)}."
+            )
+    geometry = auto_mapping.get(BASE_GEOMETRY_KEY)
+    if geometry is not None:
+        bad = (
+            [(None, geometry)]
+            if not isinstance(geometry, Mapping)
+            else [
+                (name, size)
+                for name, size in geometry.items()
+                if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 1 << 31
+            ]
+        )
+        if bad:
+            name, size = bad[0]
+            where = f"`auto_mapping.{BASE_GEOMETRY_KEY}" + (f".{short_repr(str(name), 60)[1:-1]}" if name else "") + "`"
+            raise ValueError(
+                f"{where} must be {'an integer' if name else 'an object of widths and layer counts'} (as every save "
+                f"records it), got {value_and_type(size, 80)}."
+            )
 
 
 @dataclass
@@ -563,7 +687,8 @@ def check_adapter(
     `adapter_config.json` is valid JSON of peft type MUDPT; `adapter_model.safetensors` is complete (and present when
     the config records a fingerprint of it); pickled `adapter_model.bin` weights only inside
     [`allow_pickled_weights`]; the tensors are floating point and finite, and they and the config are those of one
-    save (the fingerprints). A valid `MuDPTConfig` is not required here.
+    save (the fingerprints). A valid `MuDPTConfig` is not required here, but `adapter_config.json` must be a JSON
+    object of at most 1 MB and 16 levels of nesting, with a string `peft_type` and a well-formed `auto_mapping`.
 
     Args:
         pretrained_model_name_or_path (`str` or `os.PathLike`):
@@ -587,11 +712,34 @@ def load_config(
     loads (for a legacy save, the tensors fingerprint of the bytes whose file sha256 was checked here). The config
     remembers where it was read from ([`loaded_from`]), for the tuner's messages and for loaders that read the
     weights themselves from the same commit.
+
+    The config is built from the very content that was checked (the file is read once). As peft does, entries that
+    are not fields of `config_cls` (written by a newer version) are ignored with a warning, and a `runtime_config`
+    entry is dropped; every field is then checked by the config itself, and a refusal names the file.
     """
     hub_kwargs, class_kwargs, _ = config_cls._split_kwargs(kwargs)
     source = Source.of(pretrained_model_name_or_path, subfolder, **hub_kwargs)
     checked = _check_adapter(source)
-    attributes = config_cls.from_json_file(str(checked.config_file))
+    attributes = dict(checked.config)
+    if attributes.pop("runtime_config", None) is not None:
+        warnings.warn(
+            f"{source.describe(CONFIG_NAME)} contains a `runtime_config` entry; it is ignored (runtime settings are "
+            "only valid at runtime).",
+            stacklevel=3,
+        )
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(key for key in attributes if key not in fields)
+    if unknown:
+        for key in unknown:
+            del attributes[key]
+        listed = "[" + ", ".join(short_repr(key, 60) for key in unknown[:5])
+        listed += f", ... and {len(unknown) - 5} more]" if len(unknown) > 5 else "]"
+        warnings.warn(  # peft's message (which its tests match), with the list cut short and the file named
+            f"Unexpected keyword arguments {listed} for class {config_cls.__name__}, these are ignored. They are in "
+            f"{source.describe(CONFIG_NAME)}, probably saved by a newer version of mudpt-peft or peft; upgrading "
+            "is recommended.",
+            stacklevel=3,
+        )
     auto_mapping = attributes.get("auto_mapping")
     if isinstance(auto_mapping, dict) and WEIGHTS_FINGERPRINT_KEY in auto_mapping:
         # the legacy file fingerprint was checked above and describes that file only: the tuner checks the tensors
@@ -638,30 +786,39 @@ def load_classifier_info(
             "no prompt classifier. Load the adapter with `PeftModel.from_pretrained` and build "
             "`PromptClassifier(model, tokenizer, class_names, template)` yourself."
         )
-    info = _read_json(path, source.describe(CLASSIFIER_CONFIG_NAME))
-    names, template = info.get("class_names"), info.get("template")
-    if (
-        not isinstance(names, list)
-        or not names
-        or not all(isinstance(name, str) for name in names)
-        or not isinstance(template, str)
-        or "{}" not in template
-    ):
+    description = source.describe(CLASSIFIER_CONFIG_NAME)
+    info = _read_json(path, description)
+    version = info.get("format_version")
+    version = CLASSIFIER_FORMAT if version is None else version
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValueError(
-            f"{source.describe(CLASSIFIER_CONFIG_NAME)} must hold 'class_names' (a non-empty list of strings) and "
-            f"'template' (a string with '{{}}'), got {info!r}."
+            f"{description} has a 'format_version' of {value_and_type(version, 80)}; it must be an integer >= 1 "
+            f"(this mudpt-peft writes {CLASSIFIER_FORMAT}): {_AGAIN}."
         )
-    if info.get("format_version", CLASSIFIER_FORMAT) > CLASSIFIER_FORMAT:
+    if version > CLASSIFIER_FORMAT:
         raise ValueError(
-            f"{source.describe(CLASSIFIER_CONFIG_NAME)} has format version {info['format_version']}; this mudpt-peft "
-            f"reads version {CLASSIFIER_FORMAT}. Upgrade mudpt-peft."
+            f"{description} has format version {short_repr(version, 80)}; this mudpt-peft reads version "
+            f"{CLASSIFIER_FORMAT}. Upgrade mudpt-peft."
         )
+    for key, check in (("class_names", check_class_names), ("template", check_template)):
+        if key not in info:
+            raise ValueError(f"{description} has no '{key}': {_AGAIN} with `PromptClassifier.save_pretrained`.")
+        try:
+            info[key] = check(info[key])
+        except ValueError as error:
+            raise ValueError(f"{description} holds an invalid '{key}': {error}") from None
     expected, legacy = info.get(CLASSIFIER_TENSORS_KEY), info.get("adapter_weights_sha256")
+    for key, value in ((CLASSIFIER_TENSORS_KEY, expected), ("adapter_weights_sha256", legacy)):
+        if value is not None and not _is_sha256(value):
+            raise ValueError(
+                f"{description} has an '{key}' of {value_and_type(value, 80)}; it must be a sha256 (64 lowercase "
+                f"hexadecimal digits) as `PromptClassifier.save_pretrained` records it: {_AGAIN}."
+            )
     if (expected is not None and expected != checked.tensors_fingerprint) or (
         legacy is not None and (checked.safetensors_file is None or legacy != file_sha256(checked.safetensors_file))
     ):
         raise ValueError(
-            f"{source.describe(CLASSIFIER_CONFIG_NAME)} was saved with another adapter than the one beside it (its "
+            f"{description} was saved with another adapter than the one beside it (its "
             "adapter_model.safetensors has changed since). Save the classifier again with "
             "`PromptClassifier.save_pretrained` / `push_to_hub`."
         )

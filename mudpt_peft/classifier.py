@@ -14,7 +14,14 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from ._utils import base_model_of, check_class_names, first_float_parameter, iter_modules, projected_features
+from ._utils import (
+    base_model_of,
+    check_class_names,
+    check_template,
+    first_float_parameter,
+    iter_modules,
+    projected_features,
+)
 from .adapter_files import load_classifier_info
 from .compat import check_base_model
 from .layer import MuDPTTextTower, MuDPTTower
@@ -104,9 +111,13 @@ class PromptClassifier(nn.Module):
         class_names (`Sequence[str]`):
             The class names, in label order.
         template (`str`, defaults to `"a photo of a {}."`):
-            The prompt of a class; `{}` is replaced by the class name.
+            The prompt of a class; `{}` is replaced by the class name. Exactly one `{}` and no other replacement field
+            (`{0}`, `{name}`, a lone `{`): write literal braces as `{{` and `}}`.
         image_processor (*optional*):
             The model's image processor, needed by [`~PromptClassifier.predict`] only.
+
+    A `ValueError` is raised for a template that breaks that rule, and for class names that are not distinct
+    non-empty strings (two classes with one name get one prompt and can never be told apart).
 
     Example:
 
@@ -130,11 +141,9 @@ class PromptClassifier(nn.Module):
         image_processor: Any = None,
     ) -> None:
         super().__init__()
-        if "{}" not in template:
-            raise ValueError(f"`template` must contain '{{}}' where the class name goes, got {template!r}.")
         self.model = model
         self.tokenizer = tokenizer
-        self.template = template
+        self.template = check_template(template)
         self.image_processor = image_processor
         self._cache: _ClassFeatureCache | None = None
         self.class_names = class_names

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .config import short_repr
+from ._utils import short_repr
 from .families import get_family_spec
 
 if TYPE_CHECKING:
@@ -22,6 +22,11 @@ __all__ = ["BASE_FAMILY_KEY", "BASE_GEOMETRY_KEY", "base_model_record", "check_b
 #: The keys, inside `auto_mapping`, of the family name and the geometry (widths, layer counts) of the base model.
 BASE_FAMILY_KEY = "mudpt_base_family"
 BASE_GEOMETRY_KEY = "mudpt_base_geometry"
+
+
+def _name(value: object) -> str:
+    """A recorded name for a message: as it is when it is a short string, else cut short."""
+    return value if isinstance(value, str) and len(value) <= 100 else short_repr(value, 100)
 
 
 def base_model_record(model: Any) -> dict[str, Any]:
@@ -52,46 +57,33 @@ def check_base_model(config: MuDPTConfig | Mapping[str, Any], model: Any) -> Non
         return
     base_name = config.get("base_model_name_or_path") if isinstance(config, Mapping) else None
     base_name = base_name or getattr(config, "base_model_name_or_path", None)
+    # the values come from a file: quoted cut short (see `mudpt_peft.adapter_files.check_auto_mapping` for their types)
     hint = (
-        f"Load it onto the base model it was trained for{f' ({_shown(base_name)!r})' if base_name else ''}; to start a "
-        "new adapter on this model from its config instead, set `config.auto_mapping = None` first."
+        f"Load it onto the base model it was trained for{f' ({short_repr(base_name)})' if base_name else ''}; to "
+        "start a new adapter on this model from its config instead, set `config.auto_mapping = None` first."
     )
-    # values from a file: quoted cut short (`short_repr`), compared as they are
     recorded_class = auto_mapping.get("base_model_class")
     recorded_family = auto_mapping.get(BASE_FAMILY_KEY)
-    shown_class, shown_family = _shown(recorded_class), _shown(recorded_family)
-    for key, value in (("base_model_class", recorded_class), (BASE_FAMILY_KEY, recorded_family)):
-        if value is not None and not isinstance(value, str):
-            raise ValueError(
-                f"`auto_mapping.{key}` in adapter_config.json must be a string, got {_shown(value)}: the file was "
-                "edited or damaged. Restore it from the save."
-            )
     actual = base_model_record(model)
     if recorded_family is not None and recorded_family != actual[BASE_FAMILY_KEY]:
         raise ValueError(
-            f"This MuDPT adapter was saved for a {shown_class if recorded_class else shown_family} model (family "
-            f"'{shown_family}'), not for a {type(model).__name__} (family '{actual[BASE_FAMILY_KEY]}'). {hint}"
+            f"This MuDPT adapter was saved for a {_name(recorded_class or recorded_family)} model (family "
+            f"'{_name(recorded_family)}'), not for a {type(model).__name__} (family "
+            f"'{actual[BASE_FAMILY_KEY]}'). {hint}"
         )
-    if recorded_family is None and recorded_class and recorded_class not in {c.__name__ for c in type(model).__mro__}:
+    known_class = isinstance(recorded_class, str) and recorded_class in {c.__name__ for c in type(model).__mro__}
+    if recorded_family is None and recorded_class and not known_class:
         raise ValueError(
-            f"This MuDPT adapter was saved for a {shown_class} (`auto_mapping.base_model_class` in "
+            f"This MuDPT adapter was saved for a {_name(recorded_class)} (`auto_mapping.base_model_class` in "
             f"adapter_config.json), not for a {type(model).__name__}. {hint}"
         )
     recorded_geometry = auto_mapping.get(BASE_GEOMETRY_KEY)
     if isinstance(recorded_geometry, Mapping):
         differences = [
-            f"{key} {_shown(recorded_geometry[key])} (this model: {value})"
+            f"{key} {short_repr(recorded_geometry[key], 40)} (this model: {value})"
             for key, value in actual[BASE_GEOMETRY_KEY].items()
             if key in recorded_geometry and recorded_geometry[key] != value
         ]
         if differences:
             raise ValueError(f"This MuDPT adapter was saved for a base model with {', '.join(differences)}. {hint}")
 
-
-def _shown(value: Any, limit: int = 80) -> str:
-    """A value read from a file, for a message: a string as it is, anything else as its repr, cut to `limit`."""
-    return (
-        short_repr(value, limit)
-        if not isinstance(value, str)
-        else (value if len(value) <= limit else value[: limit - 3] + "...")
-    )

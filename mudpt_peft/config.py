@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import math
 import os
-import reprlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from peft.config import PeftConfig
+from peft.utils import TaskType
 
-from ._peft_type import MUDPT_PEFT_TYPE
+from ._peft_type import MUDPT_PEFT_TYPE, peft_type_value
+from ._utils import REPR_LIMIT, short_repr  # noqa: F401  (REPR_LIMIT, short_repr: re-exported)
+from ._utils import value_and_type as _got
 from .adapter_files import (
     CONFIG_FINGERPRINT_KEY,
     SAFETENSORS_WEIGHTS_NAME,
     TENSORS_FINGERPRINT_KEY,
     WEIGHTS_FINGERPRINT_KEY,
+    check_auto_mapping,
     config_fingerprint,
     load_config,
 )
@@ -35,34 +38,9 @@ MAX_MLP_RATIO = 16.0
 MAX_INJECTION_BLOCK_WEIGHTS = 288
 MAX_HEADS = 256
 MAX_CTX_INIT_CHARS = 16384
-#: Values quoted in error messages are cut to this many characters.
-REPR_LIMIT = 200
-
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 2, 8, 8, 8, 8
-_REPR.maxstring, _REPR.maxlong, _REPR.maxother = REPR_LIMIT, 60, REPR_LIMIT
-
-
-def short_repr(value: object, limit: int = REPR_LIMIT) -> str:
-    """`repr(value)` for an error message: at most `limit` characters, and cheap for huge values (a list of millions
-    of items, a string of megabytes, an integer of thousands of digits)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
-        text = f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
-    else:
-        try:
-            text = _REPR.repr(value)
-        except Exception:  # a repr that fails says nothing useful: name the type
-            text = f"<a {type(value).__name__}>"
-    if isinstance(value, (list, tuple, dict, set)) and len(value) > _REPR.maxlist:
-        text += f" ({len(value)} items)"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _got(value: object) -> str:
-    """The refused value for a message, with its type unless it is an int or float."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return short_repr(value)
-    return f"{short_repr(value)} (a {type(value).__name__})"
+#: The longest name or path accepted in `base_model_name_or_path`, `revision`, `peft_version` and
+#: `tokenizer_name_or_path` (file systems allow paths of 4096 bytes).
+MAX_NAME_CHARS = 4096
 
 
 def _check_int(name: str, value: object, minimum: int, maximum: int, optional: bool = False) -> None:
@@ -75,10 +53,14 @@ def _check_int(name: str, value: object, minimum: int, maximum: int, optional: b
 
 
 def _is_finite_number(value: object) -> bool:
-    """An `int` or `float` (not a `bool`) that is neither NaN nor infinite."""
+    """An `int` or `float` (not a `bool`) that is neither NaN nor infinite, and as a float too (torch's initialisers
+    convert it: an integer of 309 digits or more raises `OverflowError` there)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    return isinstance(value, int) or math.isfinite(value)  # every int is finite (and may not fit a float)
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 @dataclass
@@ -163,10 +145,15 @@ class MuDPTConfig(PeftConfig):
             Standard deviation of the normal initialisation of the prompts; finite and > 0.
 
     Integer fields take Python `int`s only (not `bool`, `float` such as `2.0` or strings such as `"2"`); float fields
-    take `int` or `float` but not `bool`, NaN or infinity. Every bound is checked in `__post_init__`, or against the
-    model before any weight is created, so that an `adapter_config.json` from anyone is refused in well under a second
-    and a few MB; a refusal is a `ValueError` that names the field, the value (cut to 200 characters) and the allowed
-    range.
+    take `int` or `float` but not `bool`, NaN or infinity (nor an integer too large for a float). Every bound is
+    checked in `__post_init__`, or against the model before any weight is created, so that an `adapter_config.json`
+    from anyone is refused in well under a second and a few MB; a refusal is a `ValueError` that names the field, the
+    value (cut to 200 characters) and the allowed range. The fields every peft config has are checked too:
+    `peft_type` is `"MUDPT"` or None, `task_type` None or a peft `TaskType`, `inference_mode` a bool,
+    `base_model_name_or_path` / `revision` / `peft_version` / `tokenizer_name_or_path` None or strings of at most 4096
+    characters, and `auto_mapping` None or a dict whose records have the types a save writes
+    ([`~mudpt_peft.adapter_files.check_auto_mapping`]). An unknown keyword argument stays a `TypeError`: peft's
+    `from_peft_type` relies on it to ignore the fields of newer versions.
 
     Configs saved before `cross_attention_heads` / `cross_attention_dropout` existed kept those settings in
     `injection_heads` / `injection_dropout`; they are read into the new fields, so such adapters load unchanged.
@@ -221,6 +208,7 @@ class MuDPTConfig(PeftConfig):
     prompt_init_std: float = field(default=0.02, metadata={"help": "Std of the normal initialisation of the prompts."})
 
     def __post_init__(self) -> None:
+        self._check_peft_fields()
         super().__post_init__()
         self.peft_type = MUDPT_PEFT_TYPE
         if self.fusion == "cross_attention":  # saved before the cross-attention fields existed
@@ -283,6 +271,34 @@ class MuDPTConfig(PeftConfig):
                     f"`ctx_init_token_ids` has {len(ids)} ids but `n_ctx` is {self.n_ctx}; they must be equal."
                 )
         self._check_method()
+
+    def _check_peft_fields(self) -> None:
+        """The fields every peft config has, and `tokenizer_name_or_path`: the types their readers expect, checked
+        before peft's own `__post_init__` (whose message for a bad `task_type` quotes it whole)."""
+        peft_type = self.peft_type
+        if peft_type is not None and peft_type_value(peft_type) != MUDPT_PEFT_TYPE.value:
+            raise ValueError(f"`peft_type` of a MuDPTConfig must be 'MUDPT' (or None), got {_got(peft_type)}.")
+        task_types = [task_type.value for task_type in TaskType]
+        if self.task_type is not None and not (isinstance(self.task_type, str) and self.task_type in task_types):
+            shown = self.task_type if isinstance(self.task_type, str) else short_repr(self.task_type, 80)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise ValueError(  # peft's message (which its tests match), with the value cut short
+                f"Invalid task type: '{shown}'. Must be one of the following task types: {', '.join(task_types)}. "
+                f"(`task_type` of a MuDPTConfig; MuDPT's default is None.)"
+            )
+        if not isinstance(self.inference_mode, bool):
+            raise ValueError(f"`inference_mode` must be True or False, got {_got(self.inference_mode)}.")
+        for name in ("base_model_name_or_path", "revision", "peft_version", "tokenizer_name_or_path"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike) and name.endswith("name_or_path"):
+                value = os.fspath(value)
+                setattr(self, name, value)
+            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_CHARS):
+                raise ValueError(
+                    f"`{name}` must be None or a non-empty string of at most {MAX_NAME_CHARS} characters, got "
+                    f"{_got(value)}" + (f" of {len(value)} characters." if isinstance(value, str) else ".")
+                )
+        check_auto_mapping(self.auto_mapping)
 
     def _check_method(self) -> None:
         """The towers and the coupling fit together, as the fusion declares (see `mudpt_peft.fusion.Fusion`)."""
@@ -347,8 +363,10 @@ class MuDPTConfig(PeftConfig):
         peft calls this (as the registered config class of `MUDPT`) in `PeftModel.from_pretrained` and
         `PeftModel.load_adapter` before it creates any adapter weight, so an adapter refused here leaves the model as
         it was. On top of `PeftConfig.from_pretrained`, a `ValueError` that names the file and says what to do is
-        raised when the repository, revision or file does not exist, or `adapter_config.json` is not valid JSON or not
-        a MUDPT config; when `adapter_model.safetensors` is truncated or corrupted, or missing although the config
+        raised when the repository, revision or file does not exist, or `adapter_config.json` is damaged (larger than
+        1 MB, not UTF-8, not a JSON object, nested more than 16 levels deep, an integer of thousands of digits), not a
+        MUDPT config or not a valid one (every field is checked; entries that are not fields are ignored with a
+        warning); when `adapter_model.safetensors` is truncated or corrupted, or missing although the config
         records its fingerprint (every save with weights does; a config saved on its own does not, and loads by
         itself), or the weights exist only as a pickled `adapter_model.bin` and pickles were not allowed with
         `mudpt_peft.allow_pickled_weights()`. `mudpt_peft.check_adapter` runs these checks. Whether the tensors are

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ._utils import check_class_names
+from ._utils import check_class_names, short_repr
 
 __all__ = [
     "BaseToNewSplit",
@@ -58,13 +58,17 @@ def check_image_classification_dataset(
     class_names: Sequence[str],
     image_column: str = "image",
     label_column: str = "label",
+    training: bool = False,
 ) -> None:
     """Check that an HF `datasets` dataset can be used for classification among `class_names`; raise a `ValueError`
     that says what to change otherwise.
 
-    Checks that `class_names` is not empty, that the image and label columns exist, that a `ClassLabel` label feature
-    has as many classes as `class_names`, and (for map-style datasets) that every label is an index into
-    `class_names`. Datasets that are not HF `datasets` (e.g. a torch `Dataset`) are only checked for `class_names`.
+    Checks that `class_names` are distinct non-empty strings, that the image and label columns exist, that a
+    `ClassLabel` label feature has as many classes as `class_names`, and (for map-style datasets) that every label is
+    an index into `class_names`. For a training set (`training=True`) also that there are at least two class names
+    and that the examples cover at least two of them: with one class the loss is 0 and the accuracy trivially 100 %,
+    so nothing is learned. Datasets that are not HF `datasets` (e.g. a torch `Dataset`) are only checked for
+    `class_names`.
 
     Args:
         dataset (`datasets.Dataset` or `datasets.IterableDataset`):
@@ -75,8 +79,12 @@ def check_image_classification_dataset(
             The column with the images.
         label_column (`str`, defaults to `"label"`):
             The column with the integer labels.
+        training (`bool`, defaults to `False`):
+            Whether the dataset is a training set (see above).
     """
     class_names = check_class_names(class_names)
+    if training:
+        _check_classes_to_learn(class_names)
     if _column_names(dataset) is None:
         return
     _check_column(dataset, image_column, "image", "image_column")
@@ -103,6 +111,24 @@ def check_image_classification_dataset(
                 f"The dataset has labels {values[:10]} outside the class list (valid: 0..{len(class_names) - 1} for "
                 f"{len(class_names)} class names); give every class a name or remove those rows."
             )
+        present = np.unique(labels)
+        if training and len(present) < 2:
+            raise ValueError(
+                f"The training set holds examples of one class only ({short_repr(class_names[int(present[0])], 60)}, "
+                f"of {len(class_names)} class names): {_ONE_CLASS} Add examples of the other classes (e.g. with "
+                "`mudpt_peft.data.few_shot`)."
+            )
+
+
+_ONE_CLASS = "with one class to choose from, the loss is 0 and the accuracy trivially 100 %, so nothing is learned."
+
+
+def _check_classes_to_learn(class_names: list[str]) -> None:
+    if len(class_names) < 2:
+        raise ValueError(
+            f"Training needs at least 2 classes, got 1 ({short_repr(class_names[0], 60)}): {_ONE_CLASS} Give the "
+            "class names of the whole label set."
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -324,14 +350,21 @@ def few_shot(dataset: Any, shots: int, seed: int = 1, label_column: str = "label
         `datasets.Dataset`: `shots × classes` rows of `dataset`.
 
     Raises:
-        `ValueError`: if `shots` is not a positive integer, the label column is missing, or some classes have fewer
-            than `shots` examples (the message names them with their counts).
+        `ValueError`: if `shots` is not a positive integer, the label column is missing, the dataset has fewer than 2
+            classes (a one-class training set learns nothing), or some classes have fewer than `shots` examples (the
+            message names them with their counts).
     """
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
         raise ValueError(f"`shots` must be an integer >= 1, got {shots!r}.")
     labels = _labels_of(dataset, label_column, "few_shot")
     feature_names = _class_label_names(dataset, label_column)
     classes = list(range(len(feature_names))) if feature_names else sorted({int(v) for v in labels})
+    if len(classes) < 2:
+        shown = f" ({short_repr(feature_names[0] if feature_names else classes[0], 60)})" if classes else ""
+        raise ValueError(
+            f"`few_shot` builds a training set, which needs at least 2 classes; the dataset has {len(classes)}"
+            f"{shown}: {_ONE_CLASS}"
+        )
     by_class = {c: np.flatnonzero(labels == c) for c in classes}
     short = {c: len(idx) for c, idx in by_class.items() if len(idx) < shots}
     if short:
@@ -361,7 +394,8 @@ def base_to_new(dataset: Any, class_names: Sequence[str], label_column: str = "l
 
     Both halves get labels re-indexed from 0 (new class `k` becomes `k - ⌈C/2⌉`); a `ClassLabel` label feature is
     replaced by one with the half's names. Train on `base`, evaluate on the base test split and on the new test split
-    (each with its own class names) and report their harmonic mean (`mudpt_peft.evaluation.harmonic_mean`).
+    (each with its own class names) and report their harmonic mean (`mudpt_peft.evaluation.harmonic_mean`). `C` must
+    be at least 4, so that each half has at least 2 classes.
 
     Args:
         dataset (`datasets.Dataset`):
@@ -375,8 +409,12 @@ def base_to_new(dataset: Any, class_names: Sequence[str], label_column: str = "l
         [`BaseToNewSplit`]: `(base, base_class_names, new, new_class_names)`.
     """
     class_names = check_class_names(class_names)
-    if len(class_names) < 2:
-        raise ValueError(f"A base-to-new split needs at least 2 classes, got {len(class_names)}: {class_names}.")
+    if len(class_names) < 4:
+        raise ValueError(
+            f"A base-to-new split needs at least 4 classes, so that each half has 2 or more, got {len(class_names)}: "
+            f"{short_repr(class_names)}. A half of one class trains with a loss of 0, and evaluates to a trivial "
+            "100 % accuracy."
+        )
     labels = _labels_of(dataset, label_column, "base_to_new")
     bad = (labels < 0) | (labels >= len(class_names))
     if bad.any():

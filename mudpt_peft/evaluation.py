@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._utils import first_float_parameter, model_image_size
+from ._utils import check_template, first_float_parameter, model_image_size
 from .classifier import PromptClassifier
 from .data import ImageClassificationCollator, check_image_classification_dataset
 from .model_card import record_eval_result, recorded_eval_results
@@ -86,7 +86,7 @@ def evaluate(
         image_processor:
             The model's image processor.
         template (`str`, defaults to `"a photo of a {}."`):
-            The class prompt; `{}` is replaced by the class name.
+            The class prompt; `{}` is replaced by the class name (exactly one `{}`, no other replacement field).
         batch_size (`int`, defaults to 100):
             Images per forward pass.
         image_column (`str`, defaults to `"image"`):
@@ -105,6 +105,7 @@ def evaluate(
     Returns:
         `dict`: `accuracy` (top-1, percent), `top5_accuracy` (percent, with at least 5 classes) and `num_examples`.
     """
+    check_template(template)
     check_image_classification_dataset(dataset, class_names, image_column, label_column)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")

@@ -214,14 +214,21 @@ class FamilySpec:
         The real tokens: from the attention mask; without one, up to the pooled EOS token, or up to the last token that
         is not `pad_token_id`. In that last case a tower pooling the `"last"` position keeps one more column, because
         SigLIP's tokenizer pads with its EOS token `</s>`: the EOS stays, and the pooled last position stays a `</s>`
-        token, as in training.
+        token, as in training. A row without an EOS token (and without an attention mask) keeps every column: nothing
+        tells its padding from its text. (With CLIP's legacy configs, `eos_token_id == 2`, the EOS is the largest id
+        of the vocabulary, `vocab_size - 1`, which transformers' `argmax` pooling relies on.)
         """
         length = input_ids.shape[1]
         if attention_mask is not None:
             positions = torch.arange(1, length + 1, device=attention_mask.device)
             real = (positions * attention_mask.bool()).amax(dim=-1)
         elif self.text_pooling in ("eos", "eos_id"):
-            real = self.text_pooling_index(text_tower, input_ids) + 1
+            pooled = self.text_pooling_index(text_tower, input_ids)
+            config = text_tower.config
+            legacy = self.text_pooling == "eos" and config.eos_token_id == 2
+            eos = config.vocab_size - 1 if legacy else config.eos_token_id
+            found = input_ids.gather(1, pooled[:, None]).squeeze(1) == eos
+            real = torch.where(found, pooled + 1, torch.full_like(pooled, length))
         else:
             pad_token_id = getattr(text_tower.config, "pad_token_id", None)
             if pad_token_id is None:
@@ -263,6 +270,8 @@ class FamilySpec:
         the positions right after BOS). When the widened sequence would exceed [`~FamilySpec.text_max_length`], trailing
         padding columns are dropped, so that the sequence ends at the last position; when tokens that must be kept
         (see [`~FamilySpec.text_kept_lengths`]) would be lost, a `ValueError` says which `max_length` to tokenize with.
+        Inputs longer than the tower's positions are refused with that `ValueError` whatever they hold, as the tower
+        itself refuses them without an adapter: they are never cut silently.
 
         Args:
             text_tower (`nn.Module`): The (unwrapped) text tower.
@@ -297,6 +306,12 @@ class FamilySpec:
 
         max_length = self.text_max_length(text_tower)
         length = input_ids.shape[1]
+        if length > max_length:  # as the tower itself refuses them (CLIP: "Sequence length must be less than ...")
+            raise ValueError(
+                f"The text inputs are {length} tokens long, but the text tower has only {max_length} positions, of "
+                f"which {n_ctx} go to the learned prompt tokens. Tokenize with `max_length={max_length - n_ctx}, "
+                f"truncation=True` ({max_length} positions - n_ctx)."
+            )
         if length + n_ctx > max_length:
             needed = int(self.text_kept_lengths(text_tower, input_ids, attention_mask).amax().item())
             if needed + n_ctx > max_length:

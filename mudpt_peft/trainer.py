@@ -15,7 +15,7 @@ from peft import PeftModel
 from transformers import EvalPrediction, Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from ._utils import check_class_names, first_float_parameter, model_image_size
+from ._utils import check_class_names, check_template, first_float_parameter, model_image_size, short_repr
 from .adapter_files import PICKLED_WEIGHTS_NAME, SAFETENSORS_WEIGHTS_NAME
 from .classifier import PromptClassifier
 from .config import MuDPTConfig
@@ -144,7 +144,8 @@ class PromptTuningTrainer(Trainer):
         model (`PeftModel`):
             A CLIP-like model with a prompt adapter (`get_peft_model(model, MuDPTConfig.for_method(...))`).
         class_names (`Sequence[str]`):
-            The class names, in label order.
+            The class names, in label order: at least 2, distinct (one class makes the loss 0 and the accuracy
+            trivially 100 %; a training set with examples of one class only is refused as well).
         tokenizer (*optional*):
             The model's tokenizer (or give `processor`).
         args (`TrainingArguments`, *optional*):
@@ -158,7 +159,7 @@ class PromptTuningTrainer(Trainer):
         processor (*optional*):
             A processor holding both (`CLIPProcessor`); saved with the checkpoints.
         template (`str`, defaults to `"a photo of a {}."`):
-            The class prompt; `{}` is replaced by the class name.
+            The class prompt; `{}` is replaced by the class name (exactly one `{}`, no other replacement field).
         image_column (`str`, defaults to `"image"`):
             The dataset column with the images.
         label_column (`str`, defaults to `"label"`):
@@ -218,8 +219,13 @@ class PromptTuningTrainer(Trainer):
                 "`label_smoothing_factor` in the TrainingArguments, or subclass and override `compute_loss`)."
             )
         class_names = check_class_names(class_names)
-        if not isinstance(template, str) or "{}" not in template:
-            raise ValueError(f"`template` must contain '{{}}' where the class name goes, got {template!r}.")
+        if len(class_names) < 2:
+            raise ValueError(
+                f"PromptTuningTrainer needs at least 2 classes, got 1 ({short_repr(class_names[0], 60)}): with one "
+                "class to choose from, the loss is 0 and the accuracy trivially 100 %, so nothing is learned. Pass the "
+                "class names of the whole label set."
+            )
+        check_template(template)
         if processor is not None:
             tokenizer = tokenizer if tokenizer is not None else getattr(processor, "tokenizer", None)
             image_processor = (
@@ -302,7 +308,11 @@ class PromptTuningTrainer(Trainer):
         if isinstance(collator, ImageClassificationCollator):
             try:
                 check_image_classification_dataset(
-                    dataset, self.class_names, collator.image_column, collator.label_column or "label"
+                    dataset,
+                    self.class_names,
+                    collator.image_column,
+                    collator.label_column or "label",
+                    training=name == "train_dataset",
                 )
             except ValueError as error:
                 raise ValueError(f"{name}: {error}") from None

@@ -150,7 +150,7 @@ def test_bad_input_is_refused(tokenizer, pixel_values):
     clip = clip_for_tokenizer()
     with pytest.raises(ValueError, match="non-empty list"):
         PromptClassifier(clip, tokenizer, [])
-    with pytest.raises(ValueError, match="must contain"):
+    with pytest.raises(ValueError, match="has no `{}` placeholder: a template needs exactly one `{}` placeholder"):
         PromptClassifier(clip, tokenizer, CLASSES, template="a photo")
     clf = PromptClassifier(clip, tokenizer, CLASSES)
     with pytest.raises(ValueError, match=r"class indices in 0\.\.3"):

@@ -150,10 +150,12 @@ def test_base_to_new_splits_the_classes_and_reindexes(class_label):
 def test_base_to_new_errors():
     with pytest.raises(ValueError, match="non-empty list of class names"):
         base_to_new(labelled([1, 1]), [])
-    with pytest.raises(ValueError, match="at least 2 classes"):
-        base_to_new(labelled([1]), ["cat"])
-    with pytest.raises(ValueError, match=r"labels \[2\] outside the class list \(0\.\.1\)"):
-        base_to_new(labelled([1, 1, 1], class_label=False), ["cat", "dog"])
+    # each half needs 2 classes: one class trains with a loss of 0 and evaluates to 100 %
+    for names in (["cat"], NAMES[:2], NAMES[:3]):
+        with pytest.raises(ValueError, match=rf"at least 4 classes, so that each half has 2 or more, got {len(names)}"):
+            base_to_new(labelled([1] * len(names)), names)
+    with pytest.raises(ValueError, match=r"labels \[4\] outside the class list \(0\.\.3\)"):
+        base_to_new(labelled([1, 1, 1, 1, 1], class_label=False), NAMES[:4])
 
 
 def test_dataset_check():

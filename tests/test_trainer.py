@@ -268,7 +268,7 @@ def test_bad_input_is_refused_before_training(tokenizer, tmp_path):
         PromptTuningTrainer(make_clip(eos_token_id=TOKENIZER_EOS_ID), CLASSES, tokenizer, **kwargs)
     with pytest.raises(ValueError, match="tokenizer"):
         PromptTuningTrainer(peft_model(), CLASSES, None, **kwargs)
-    with pytest.raises(ValueError, match="`template` must contain"):
+    with pytest.raises(ValueError, match="`template` .a photo. has no `{}` placeholder"):
         PromptTuningTrainer(peft_model(), CLASSES, tokenizer, template="a photo", **kwargs)
     with pytest.raises(ValueError, match="`compute_loss_func` is not supported"):
         PromptTuningTrainer(peft_model(), CLASSES, tokenizer, compute_loss_func=lambda *a, **k: 0, **kwargs)
