@@ -65,6 +65,7 @@ __all__ = [
     "FINGERPRINTED_FIELDS",
     "TENSORS_FINGERPRINT_KEY",
     "WEIGHTS_FINGERPRINT_KEY",
+    "NotAPeftConfigError",
     "adapter_fingerprint",
     "allow_pickled_weights",
     "check_adapter",
@@ -577,6 +578,13 @@ def check_auto_mapping(auto_mapping: object) -> None:
                 f"{where} must be {'an integer' if name else 'an object of widths and layer counts'} (as every save "
                 f"records it), got {value_and_type(size, 80)}."
             )
+class NotAPeftConfigError(ValueError, TypeError):
+    """An `adapter_config.json` without `peft_type`: the file is not the config of a peft adapter.
+
+    A `ValueError`, as every refusal of a damaged or foreign adapter file is, and also a `TypeError`, which is what
+    peft's `PeftConfig.from_pretrained` raises for such a file (its tests expect it of every config class), so that
+    code written against either catches it.
+    """
 
 
 @dataclass
@@ -599,8 +607,14 @@ def recorded_fingerprints(config: Mapping[str, Any]) -> tuple[str | None, str | 
     return auto_mapping.get(TENSORS_FINGERPRINT_KEY), auto_mapping.get(WEIGHTS_FINGERPRINT_KEY)
 
 
-def _check_adapter(source: Source, require_weights: bool | None = None, verify: bool = False) -> CheckedAdapter:
-    """Run the load-time checks on the adapter at `source`; raise a `ValueError` that says what is wrong.
+def _check_adapter(
+    source: Source,
+    require_weights: bool | None = None,
+    verify: bool = False,
+    config_class_name: str = "MuDPTConfig",
+) -> CheckedAdapter:
+    """Run the load-time checks on the adapter at `source`; raise a `ValueError` that says what is wrong
+    ([`NotAPeftConfigError`] for a config without `peft_type`, named after `config_class_name` as peft names it).
 
     Weights that are present are always checked. Their absence is an error when `require_weights`, by default when
     the config records their fingerprint (every save of an adapter with its weights does; a config saved on its own,
@@ -610,7 +624,12 @@ def _check_adapter(source: Source, require_weights: bool | None = None, verify: 
     config = _read_json(config_file, source.describe(CONFIG_NAME))
     peft_type = config.get("peft_type")
     if peft_type is None:
-        raise ValueError(f"{source.describe(CONFIG_NAME)} has no 'peft_type': it is not a peft adapter config.")
+        # the file first, as in every refusal here; then peft's own message for such a file
+        raise NotAPeftConfigError(
+            f"{source.describe(CONFIG_NAME)} has no 'peft_type': The {config_class_name} config that is trying to be "
+            "loaded is missing required keys: {'peft_type'}. It is not the config of a peft adapter: load a folder "
+            "written by `save_pretrained` of a MuDPT adapter."
+        )
     if peft_type_value(peft_type) != MUDPT_PEFT_TYPE.value:
         raise ValueError(
             f"{source.describe(CONFIG_NAME)} is a {peft_type} adapter, not a MuDPT (MUDPT) adapter. Load it with "
@@ -719,7 +738,7 @@ def load_config(
     """
     hub_kwargs, class_kwargs, _ = config_cls._split_kwargs(kwargs)
     source = Source.of(pretrained_model_name_or_path, subfolder, **hub_kwargs)
-    checked = _check_adapter(source)
+    checked = _check_adapter(source, config_class_name=config_cls.__name__)
     attributes = dict(checked.config)
     if attributes.pop("runtime_config", None) is not None:
         warnings.warn(

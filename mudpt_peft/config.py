@@ -12,7 +12,7 @@ from typing import Any
 from peft.config import PeftConfig
 from peft.utils import TaskType
 
-from ._peft_type import MUDPT_PEFT_TYPE, peft_type_value
+from ._peft_type import MUDPT_PEFT_TYPE
 from ._utils import REPR_LIMIT, short_repr  # noqa: F401  (REPR_LIMIT, short_repr: re-exported)
 from ._utils import value_and_type as _got
 from .adapter_files import (
@@ -276,7 +276,9 @@ class MuDPTConfig(PeftConfig):
         """The fields every peft config has, and `tokenizer_name_or_path`: the types their readers expect, checked
         before peft's own `__post_init__` (whose message for a bad `task_type` quotes it whole)."""
         peft_type = self.peft_type
-        if peft_type is not None and peft_type_value(peft_type) != MUDPT_PEFT_TYPE.value:
+        # a string is replaced by MUDPT, as every peft config class replaces it (peft's `test_set_attributes`); a
+        # file of another type is refused by the loaders before a config is built
+        if peft_type is not None and not isinstance(peft_type, str):
             raise ValueError(f"`peft_type` of a MuDPTConfig must be 'MUDPT' (or None), got {_got(peft_type)}.")
         task_types = [task_type.value for task_type in TaskType]
         if self.task_type is not None and not (isinstance(self.task_type, str) and self.task_type in task_types):

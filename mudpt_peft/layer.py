@@ -138,9 +138,13 @@ class MuDPTLayer(nn.Module, BaseTunerLayer):
             return
         for name in self.adapter_layer_names:
             container = getattr(self, name)
-            if adapter_name not in container or any(p.device.type == "meta" for p in container.parameters()):
+            if adapter_name not in container:
                 continue
             item = container[adapter_name]
+            # this adapter's tensors only: another adapter of the container may still be on meta (created with
+            # `low_cpu_mem_usage=True` and not loaded yet)
+            if any(p.device.type == "meta" for p in ([item] if isinstance(item, nn.Parameter) else item.parameters())):
+                continue
             # a copy even on the same device: the tensors assigned from a safetensors file keep its (8-byte)
             # alignment, and CPU kernels round differently on such storage than on the allocator's aligned one
             if isinstance(item, nn.Parameter):

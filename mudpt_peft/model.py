@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import warnings
 from typing import Any
@@ -14,6 +15,7 @@ from peft.tuners.tuners_utils import (
     _get_submodules,
     _get_tuner_state_dict_key_prefixes,
 )
+from peft.utils.integrations import init_empty_weights
 from torch import nn
 
 from ._peft_type import MUDPT_PREFIX
@@ -108,6 +110,11 @@ class MuDPTModel(BaseTuner):
         the adapter is saved, see [`~mudpt_peft.names.check_adapter_name`]). The first adapter wraps the towers, the
         input embeddings and the encoder layers that get deep prompts; later adapters reuse the wrappers (and wrap
         more layers if they are deeper).
+
+        With `low_cpu_mem_usage=True` (`inject_adapter_in_model`, `PeftModel.add_adapter`, `load_adapter`), the
+        adapter's prompts and fusion weights are created on the meta device, as peft creates LoRA's: nothing is
+        allocated or initialised (a `ctx_init` embedding is not read), and loading them with
+        `set_peft_model_state_dict(..., low_cpu_mem_usage=True)` assigns the tensors read from the file.
         """
         check_adapter_name(adapter_name, "`adapter_name`")
         config: MuDPTConfig = self.peft_config[adapter_name]
@@ -123,10 +130,15 @@ class MuDPTModel(BaseTuner):
         first_adapter = not any(tower.mudpt_fusion for tower in towers.values())
         requires_grad_before = {} if first_adapter else {id(p): p.requires_grad for p in model.parameters()}
 
-        learned = _init_prompts(config, geometry, towers, init_ids)
-        fusions = _make_fusions(config, geometry, towers)
-        for modality, tower in towers.items():
-            tower.update_layer(adapter_name, learned[modality], fusions[modality], inference_mode=config.inference_mode)
+        # on meta, as peft's BaseTuner does for LoRA; the context also catches a parameter that a fusion creates
+        # without the device it is given
+        with init_empty_weights() if low_cpu_mem_usage else contextlib.nullcontext():
+            learned = _init_prompts(config, geometry, towers, init_ids, on_meta=low_cpu_mem_usage)
+            fusions = _make_fusions(config, geometry, towers, on_meta=low_cpu_mem_usage)
+            for modality, tower in towers.items():
+                tower.update_layer(
+                    adapter_name, learned[modality], fusions[modality], inference_mode=config.inference_mode
+                )
         if "text" in towers:
             self._wrap_deep_layers(towers["text"], spec.text_layers, config.resolved_text_depth)
         if "vision" in towers:
@@ -417,10 +429,11 @@ def _tokenize_ctx_init(config: MuDPTConfig, model: nn.Module) -> None:
     config.ctx_init_token_ids = token_ids
 
 
-def _factory(tower: MuDPTTower) -> dict[str, Any]:
-    """Device and dtype of the tower's weights, for the adapter tensors created in it."""
+def _factory(tower: MuDPTTower, on_meta: bool = False) -> dict[str, Any]:
+    """Device and dtype of the tower's weights, for the adapter tensors created in it (the meta device instead when
+    `on_meta`)."""
     reference = first_float_parameter(tower.base_layer)
-    return {"device": reference.device, "dtype": reference.dtype}
+    return {"device": torch.device("meta") if on_meta else reference.device, "dtype": reference.dtype}
 
 
 def _init_prompts(
@@ -428,8 +441,10 @@ def _init_prompts(
     geometry: dict[str, int],
     towers: dict[str, MuDPTTower],
     init_ids: list[int] | None,
+    on_meta: bool = False,
 ) -> dict[str, torch.Tensor | None]:
-    """The initial learned prompts of each prompted tower (`None` where the method derives them)."""
+    """The initial learned prompts of each prompted tower (`None` where the method derives them); on the meta device
+    and not initialised when `on_meta` (loading assigns them)."""
     shapes = {
         "text": (config.resolved_text_depth, config.n_ctx, geometry["text_width"]),
         "vision": (config.resolved_vision_depth, config.resolved_vision_n_ctx, geometry["vision_width"]),
@@ -439,7 +454,10 @@ def _init_prompts(
         if modality == "vision" and not config.learns_vision_prompts:
             learned[modality] = None
             continue
-        prompts = torch.empty(shapes[modality], **_factory(tower))
+        prompts = torch.empty(shapes[modality], **_factory(tower, on_meta))
+        if on_meta:
+            learned[modality] = prompts
+            continue
         with torch.no_grad():
             nn.init.normal_(prompts, std=config.prompt_init_std)
             if modality == "text" and init_ids is not None:
@@ -449,8 +467,11 @@ def _init_prompts(
     return learned
 
 
-def _make_fusions(config: MuDPTConfig, geometry: dict[str, int], towers: dict[str, MuDPTTower]) -> dict[str, nn.Module]:
-    """The fusion module of each prompted tower, built by the config's [`~mudpt_peft.fusion.Fusion`]."""
+def _make_fusions(
+    config: MuDPTConfig, geometry: dict[str, int], towers: dict[str, MuDPTTower], on_meta: bool = False
+) -> dict[str, nn.Module]:
+    """The fusion module of each prompted tower, built by the config's [`~mudpt_peft.fusion.Fusion`] (on the meta
+    device when `on_meta`)."""
     fusion = FUSIONS[config.fusion]
     widths = {"text": geometry["text_width"], "vision": geometry["vision_width"]}
     depths = {"text": config.resolved_text_depth, "vision": config.resolved_vision_depth}
@@ -458,7 +479,7 @@ def _make_fusions(config: MuDPTConfig, geometry: dict[str, int], towers: dict[st
     modules: dict[str, nn.Module] = {}
     for target in towers:
         source = "vision" if target == "text" else "text"
-        factory = _factory(towers[target])
+        factory = _factory(towers[target], on_meta)
         side = FusionSide(target, widths[source], widths[target], shared_depth, depths[target], factory)
         modules[target] = fusion.build(config, side)
     return modules

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from peft import PeftModel, get_peft_model
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
 from mudpt_peft import MuDPTConfig
+from mudpt_peft.adapter_files import NotAPeftConfigError, check_adapter
 from mudpt_peft.layer import MuDPTLayer
 
 from .helpers import logits, make_clip, make_inputs
@@ -38,6 +40,20 @@ from .helpers import logits, make_clip, make_inputs
 def test_bad_values_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=rf"`{field}`"):
         MuDPTConfig(**kwargs)
+
+
+def test_a_config_without_peft_type_is_refused_with_peft_s_error_type_and_message(tmp_path):
+    """peft raises a `TypeError` for a config without `peft_type` (its test of every config class expects one); the
+    project raises `ValueError`s for damaged files: `NotAPeftConfigError` is both, and names the file."""
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"foo": "bar", "baz": 123}))
+    peft_message = "The MuDPTConfig config that is trying to be loaded is missing required keys: {'peft_type'}."
+    for expected in (TypeError, ValueError, NotAPeftConfigError):
+        with pytest.raises(expected, match=re.escape(peft_message)) as caught:
+            MuDPTConfig.from_pretrained(tmp_path)
+    assert type(caught.value) is NotAPeftConfigError
+    assert f"'adapter_config.json' in the local folder '{tmp_path}' has no 'peft_type'" in str(caught.value)
+    with pytest.raises(NotAPeftConfigError, match="has no 'peft_type'"):
+        check_adapter(tmp_path)
 
 
 def test_defaults_follow_the_paper():

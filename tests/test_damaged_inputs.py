@@ -84,7 +84,7 @@ HOSTILE = {
 #: injection fusion). Every other value is refused with a `ValueError` that names the field.
 ACCEPTED: dict[str, set[str]] = {
     "task_type": {"null"},
-    "peft_type": {"null"},
+    "peft_type": {"null", "empty string", "string", "5000-character string"},  # a string becomes MUDPT, as in peft
     "auto_mapping": {"null", "empty object", "object"},  # entries of other tools are left alone
     "peft_version": {"null", "string"},
     "base_model_name_or_path": {"null", "string"},
@@ -194,6 +194,17 @@ def test_an_accepted_value_is_kept(field, name, tiny_adapter):
         assert config.peft_version == saved["peft_version"]  # peft fills it in
     else:
         assert getattr(config, field) == HOSTILE[name]
+
+
+@pytest.mark.parametrize("name", sorted(ACCEPTED["peft_type"] - {"null"}))
+def test_a_string_peft_type_other_than_mudpt_in_a_file_is_refused(name, tiny_adapter, tmp_path):
+    source, saved = tiny_adapter
+    folder = write_adapter(tmp_path / "adapter", source, json.dumps({**saved, "peft_type": HOSTILE[name]}))
+    file = rf"^'adapter_config.json' in the local folder '{re.escape(str(folder))}' "
+    for load in (MuDPTConfig.from_pretrained, check_adapter):
+        with pytest.raises(ValueError, match=file + "(is a .* adapter, not a MuDPT|has a 'peft_type' of)") as caught:
+            load(folder)
+        assert len(str(caught.value)) <= MAX_MESSAGE + len(str(folder))
 
 
 @pytest.mark.parametrize(("field", "name"), FIELD_CASES)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
-from peft import PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model, inject_adapter_in_model, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from mudpt_peft import MuDPTConfig
@@ -84,6 +85,75 @@ def test_loading_onto_a_half_precision_base_is_lossless(tmp_path, inputs):
         prompts = loaded.base_model.model.text_model.mudpt_prompts["default"]
         assert torch.equal(prompts, saved["base_model.model.text_model.mudpt_prompts"])
     assert torch.equal(logits(regular, half_inputs), logits(low_memory, half_inputs))
+
+
+def _adapter_devices(model, adapter_name: str) -> set[str]:
+    """The device types of the parameters of adapter `adapter_name` (`mudpt_*.<name>` or `mudpt_*.<name>.*`)."""
+    pattern = re.compile(rf"\.mudpt_\w+\.{re.escape(adapter_name)}(\.|$)")
+    return {p.device.type for n, p in model.named_parameters() if pattern.search(n)}
+
+
+@pytest.mark.parametrize(
+    "method", ["mudpt", "coop", "maple", "mudpt-linear", "mudpt-linear-v1", "cross-attention", "vpt"]
+)
+def test_low_cpu_mem_usage_creates_the_adapter_on_meta_and_loading_assigns_it(tmp_path, inputs, method):
+    """As for LoRA: `low_cpu_mem_usage=True` creates the new adapter's tensors on the meta device (nothing allocated
+    or initialised), and `set_peft_model_state_dict(..., low_cpu_mem_usage=True)` assigns the loaded ones."""
+    overrides = {"coop": {"n_ctx": 4}, "vpt": {"depth": 3, "vision_n_ctx": 3}}.get(method, {"depth": 3})
+    config = MuDPTConfig.for_method(method, **overrides)
+    source = get_peft_model(make_clip(), copy.deepcopy(config))
+    randomize_adapter(source, seed=5)
+    source.save_pretrained(tmp_path)
+    expected = logits(source, inputs)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+
+    # inject_adapter_in_model, then the tensors from the file
+    base = inject_adapter_in_model(copy.deepcopy(config), make_clip(), low_cpu_mem_usage=True)
+    assert _adapter_devices(base, "default") == {"meta"}
+    assert {p.device.type for n, p in base.named_parameters() if "mudpt_" not in n} == {"cpu"}
+    result = set_peft_model_state_dict(base, saved, low_cpu_mem_usage=True)
+    assert not result.unexpected_keys
+    assert {p.device.type for p in base.parameters()} == {"cpu"}
+    assert torch.equal(logits(base, inputs), expected)
+
+    # add_adapter and load_adapter beside a regular adapter, which stays as it was
+    model = get_peft_model(make_clip(), MuDPTConfig(depth=2))
+    before = logits(model, inputs)
+    model.add_adapter("empty", copy.deepcopy(config), low_cpu_mem_usage=True)
+    assert _adapter_devices(model, "empty") == {"meta"} and _adapter_devices(model, "default") == {"cpu"}
+    model.load_adapter(tmp_path, adapter_name="loaded", low_cpu_mem_usage=True)
+    assert _adapter_devices(model, "loaded") == {"cpu"}
+    assert torch.equal(logits(model, inputs), before)
+    model.set_adapter("loaded")
+    assert torch.equal(logits(model, inputs), expected)
+
+    # get_peft_model and PeftModel.from_pretrained (peft creates the tuner under `init_empty_weights` there)
+    empty = get_peft_model(make_clip(), copy.deepcopy(config), low_cpu_mem_usage=True)
+    assert _adapter_devices(empty, "default") == {"meta"}
+    for is_trainable in (False, True):
+        loaded = PeftModel.from_pretrained(make_clip(), tmp_path, low_cpu_mem_usage=True, is_trainable=is_trainable)
+        assert {p.device.type for p in loaded.parameters()} == {"cpu"}
+        assert torch.equal(logits(loaded, inputs), expected)
+        trainable = {n for n, p in loaded.named_parameters() if p.requires_grad}
+        assert trainable == ({n for n, _ in loaded.named_parameters() if "mudpt_" in n} if is_trainable else set())
+
+
+def test_low_cpu_mem_usage_does_not_need_the_ctx_init_embedding(tmp_path, inputs):
+    """`ctx_init` initialises the prompts from the token embedding; on the meta device nothing is initialised, and the
+    adapter's own tensors replace it when it is loaded."""
+    config = MuDPTConfig(depth=2, ctx_init_token_ids=[3, 5, 7], n_ctx=3)
+    source = get_peft_model(make_clip(), copy.deepcopy(config))
+    randomize_adapter(source, seed=2)
+    source.save_pretrained(tmp_path)
+    base = make_clip()
+    embedding = base.text_model.embeddings.token_embedding.weight
+    rows_before = embedding[[3, 5, 7]].clone()
+    model = inject_adapter_in_model(copy.deepcopy(config), base, low_cpu_mem_usage=True)
+    assert _adapter_devices(model, "default") == {"meta"}
+    assert model.text_model.mudpt_prompts["default"].shape == (2, 3, 32)
+    set_peft_model_state_dict(model, load_file(tmp_path / "adapter_model.safetensors"), low_cpu_mem_usage=True)
+    assert torch.equal(logits(model, inputs), logits(source, inputs))
+    assert torch.equal(embedding[[3, 5, 7]], rows_before)  # the base stays untouched
 
 
 def test_load_adapter_under_a_second_name(tmp_path, inputs):
