@@ -71,7 +71,7 @@ __all__ = [
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLED_WEIGHTS_NAME = "adapter_model.bin"
-#: The file beside a classifier's adapter that holds its class names and template.
+#: The file beside a classifier's adapter that holds its class names and template (or templates).
 CLASSIFIER_CONFIG_NAME = "prompt_classifier.json"
 #: The key, in `prompt_classifier.json`, of the tensors fingerprint of the adapter it was saved with (the one its
 #: `adapter_config.json` records; files of earlier versions hold `adapter_weights_sha256`, the weights file's sha256).
@@ -106,7 +106,8 @@ WEIGHTS_FINGERPRINT_KEY = "mudpt_weights_sha256"
 #: Set this environment variable to `1` to allow loading pickled `adapter_model.bin` weights (see
 #: [`allow_pickled_weights`]).
 ALLOW_PICKLED_WEIGHTS_ENV = "MUDPT_ALLOW_PICKLED_WEIGHTS"
-CLASSIFIER_FORMAT = 1
+#: The newest `prompt_classifier.json` format: 2 adds `templates` (prompt ensembles); a single template is written as 1.
+CLASSIFIER_FORMAT = 2
 _TRUE = ("1", "true", "yes", "on")
 
 _pickles_allowed: contextvars.ContextVar[bool] = contextvars.ContextVar("mudpt_allow_pickled_weights", default=False)
@@ -634,16 +635,20 @@ def load_classifier_info(
         )
     info = _read_json(path, source.describe(CLASSIFIER_CONFIG_NAME))
     names, template = info.get("class_names"), info.get("template")
+    templates = info.get("templates", [template])
     if (
         not isinstance(names, list)
         or not names
         or not all(isinstance(name, str) for name in names)
         or not isinstance(template, str)
-        or "{}" not in template
+        or not isinstance(templates, list)
+        or not templates
+        or not all(isinstance(item, str) and "{}" in item for item in [template, *templates])
     ):
         raise ValueError(
-            f"{source.describe(CLASSIFIER_CONFIG_NAME)} must hold 'class_names' (a non-empty list of strings) and "
-            f"'template' (a string with '{{}}'), got {info!r}."
+            f"{source.describe(CLASSIFIER_CONFIG_NAME)} must hold 'class_names' (a non-empty list of strings), "
+            f"'template' (a string with '{{}}') and optionally 'templates' (a non-empty list of them, an ensemble), "
+            f"got {info!r}."
         )
     if info.get("format_version", CLASSIFIER_FORMAT) > CLASSIFIER_FORMAT:
         raise ValueError(
