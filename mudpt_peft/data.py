@@ -296,7 +296,7 @@ def _labels_of(dataset: Any, label_column: str, function: str) -> np.ndarray:
     if names is None or not hasattr(dataset, "select"):
         raise ValueError(f"`{function}` needs a map-style HF `datasets.Dataset`, got {type(dataset).__name__}.")
     _check_column(dataset, label_column, "label", "label_column")
-    labels = np.asarray(list(dataset[label_column]))
+    labels = np.asarray(dataset[label_column][:])  # a slice: reading a `datasets` 5 column row by row is ~20x slower
     if len(labels) and labels.dtype.kind not in "iu":
         raise ValueError(f"The label column {label_column!r} must hold integer class indices, got {labels.dtype}.")
     return labels.astype(np.int64)
