@@ -121,9 +121,11 @@ class Benchmark:
         base = f"{Path(root) if root is not None else '$DATA'}/{self.folder}/"
         images = f"{self.image_folder}/" if self.image_folder else ""
         if self.layout == "split_file":
-            relative_to = images or f"{self.folder}/"
+            described = f"the images; the split file's paths are relative to {images}"
+            if not images:  # StanfordCars: cars_train/ and cars_test/ in the dataset folder
+                images, described = "<folders>/", "the images, in the folders the split file's paths name"
             rows = [
-                (images or "<image folders>/", f"the images; the split file's paths are relative to {relative_to}"),
+                (images, described),
                 (self.split_file, '{"train" | "val" | "test": [[image path, label, class name], ...]}'),
             ]
         elif self.layout == "aircraft":
