@@ -22,10 +22,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .data import base_to_new, dassl_few_shot_indices
 from .templates import IMAGENET_7_TEMPLATES
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = [
     "BENCHMARKS",
@@ -109,8 +112,8 @@ class Benchmark:
                 but ImageNet.
 
         The prompts of a *trained* adapter follow its method's recipe instead (CoOp, MaPLe and MuDPT learn their
-        prompts in place of the words of `"a photo of a {}."`), so this template is for zero-shot CLIP and for
-        methods that regularise towards hand-written prompts.
+        prompts in place of the first words of `"a photo of a {}."` on every dataset), so these templates are for
+        zero-shot CLIP and for methods that regularise towards hand-written prompts.
         """
         if not ensemble:
             return [self.template]
@@ -217,7 +220,7 @@ def benchmark_of(dataset: Any) -> Benchmark | None:
 # loading
 
 
-def load_benchmark(name: str, root: str | os.PathLike, check_files: bool = True) -> Any:
+def load_benchmark(name: str, root: str | os.PathLike, check_files: bool = True) -> datasets.DatasetDict:
     """Load a dataset of the CoOp benchmark from its standard layout under `root` (CoOp's `$DATA`).
 
     The rows, their order and their labels are those of CoOp's dataset class: the split file's lists in their order
@@ -514,7 +517,9 @@ def _check_files_exist(spec: Benchmark, root: Path, splits: _Splits) -> None:
             )
 
 
-def _dataset(spec: Benchmark, split: str, paths: list[str], labels: list[int], features: Any) -> Any:
+def _dataset(
+    spec: Benchmark, split: str, paths: list[str], labels: list[int], features: datasets.Features
+) -> datasets.Dataset:
     """An in-memory `datasets.Dataset` of image paths (not decoded) and labels, built as one Arrow table."""
     import datasets
     import pyarrow as pa
@@ -568,7 +573,7 @@ def protocol_splits(
     subsample: str = "all",
     sample_validation: bool | None = None,
     label_column: str = "label",
-) -> Any:
+) -> datasets.DatasetDict:
     """The splits of one run of the CoOp protocol, in the order CoOp's dataset classes make them.
 
     1. The few-shot training split: Dassl's sampler on the training split with `shots` per class, from
