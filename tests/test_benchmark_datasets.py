@@ -9,17 +9,29 @@ import re
 import datasets
 import numpy as np
 import pytest
+from peft import get_peft_model
 
+from mudpt_peft import MuDPTConfig
 from mudpt_peft.benchmark_datasets import (
     BENCHMARKS,
     benchmark_of,
     get_benchmark,
     load_benchmark,
     protocol_class_names,
+    protocol_splits,
 )
+from mudpt_peft.evaluation import evaluate, recorded_eval_results
 from mudpt_peft.templates import IMAGENET_7_TEMPLATES, IMAGENET_80_TEMPLATES
 
-from .helpers import write_aircraft, write_class_folders, write_classnames, write_png, write_split_file_dataset
+from .helpers import (
+    clip_for_tokenizer,
+    image_processor,
+    write_aircraft,
+    write_class_folders,
+    write_classnames,
+    write_png,
+    write_split_file_dataset,
+)
 
 #: The layout facts, from CoOp's DATASETS.md and datasets/*.py: folder under $DATA, the image folder in it, the split
 #: file; the templates of CoOp's trainers/zsclip.py CUSTOM_TEMPLATES.
@@ -144,6 +156,21 @@ def test_the_root_may_start_with_a_tilde(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     write_split_file_dataset(tmp_path / "data" / "dtd", "split_zhou_DescribableTextures.json", "images", ENTRIES)
     assert len(load_benchmark("dtd", "~/data")["train"]) == 5
+
+
+def test_a_loaded_benchmark_runs_through_the_protocol_and_evaluate(tmp_path, tokenizer):
+    entries = {split: [(f"{split}/{i}.png", i % 3, ["cat", "dog", "of"][i % 3]) for i in range(6)]
+               for split in ("train", "val", "test")}  # fmt: skip
+    write_split_file_dataset(tmp_path / "dtd", "split_zhou_DescribableTextures.json", "images", entries)
+    run = protocol_splits(load_benchmark("dtd", tmp_path), shots=1, seed=1)
+    assert [len(run[split]) for split in ("train", "validation", "test")] == [3, 3, 6]
+    model = get_peft_model(clip_for_tokenizer(), MuDPTConfig(depth=2))
+    names = protocol_class_names(run["test"])
+    templates = get_benchmark("dtd").templates()  # "{} texture." (the ensemble is too long for the tiny CLIP)
+    metrics = evaluate(model, run["test"], names, tokenizer, image_processor(), templates=templates, shots=1, seed=1)
+    assert metrics["num_examples"] == 6
+    (recorded,) = recorded_eval_results(model)  # the model card's row names the dataset and split
+    assert (recorded["dataset"], recorded["split"], recorded["shots"]) == ("dtd", "test", 1)
 
 
 # ------------------------------------------------------------------------------------------------------------------
