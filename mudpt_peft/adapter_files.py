@@ -81,7 +81,7 @@ __all__ = [
 CONFIG_NAME = "adapter_config.json"
 SAFETENSORS_WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLED_WEIGHTS_NAME = "adapter_model.bin"
-#: The file beside a classifier's adapter that holds its class names and template.
+#: The file beside a classifier's adapter that holds its class names and template (or templates).
 CLASSIFIER_CONFIG_NAME = "prompt_classifier.json"
 #: The key, in `prompt_classifier.json`, of the tensors fingerprint of the adapter it was saved with (the one its
 #: `adapter_config.json` records; files of earlier versions hold `adapter_weights_sha256`, the weights file's sha256).
@@ -116,7 +116,10 @@ WEIGHTS_FINGERPRINT_KEY = "mudpt_weights_sha256"
 #: Set this environment variable to `1` to allow loading pickled `adapter_model.bin` weights (see
 #: [`allow_pickled_weights`]).
 ALLOW_PICKLED_WEIGHTS_ENV = "MUDPT_ALLOW_PICKLED_WEIGHTS"
-CLASSIFIER_FORMAT = 1
+#: The newest `prompt_classifier.json` format: 2 adds `templates` (prompt ensembles); a single template is written as 1.
+CLASSIFIER_FORMAT = 2
+#: The most templates a `prompt_classifier.json` ensemble may hold (CLIP's ImageNet ensemble has 80).
+MAX_TEMPLATES = 1024
 _TRUE = ("1", "true", "yes", "on")
 
 _pickles_allowed: contextvars.ContextVar[bool] = contextvars.ContextVar("mudpt_allow_pickled_weights", default=False)
@@ -826,6 +829,17 @@ def load_classifier_info(
             info[key] = check(info[key])
         except ValueError as error:
             raise ValueError(f"{description} holds an invalid '{key}': {error}") from None
+    if "templates" in info:  # an ensemble (format 2)
+        templates = info["templates"]
+        if not isinstance(templates, list) or not templates or len(templates) > MAX_TEMPLATES:
+            raise ValueError(
+                f"{description} has a 'templates' of {value_and_type(templates, 80)}; it must be a non-empty list of "
+                f"at most {MAX_TEMPLATES} templates (an ensemble): {_AGAIN} with `PromptClassifier.save_pretrained`."
+            )
+        try:
+            info["templates"] = [check_template(template) for template in templates]
+        except ValueError as error:
+            raise ValueError(f"{description} holds an invalid template in 'templates': {error}") from None
     expected, legacy = info.get(CLASSIFIER_TENSORS_KEY), info.get("adapter_weights_sha256")
     for key, value in ((CLASSIFIER_TENSORS_KEY, expected), ("adapter_weights_sha256", legacy)):
         if value is not None and not _is_sha256(value):

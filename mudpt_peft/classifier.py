@@ -21,6 +21,7 @@ from ._utils import (
     first_float_parameter,
     iter_modules,
     projected_features,
+    short_repr,
 )
 from .adapter_files import load_classifier_info
 from .compat import check_base_model
@@ -87,7 +88,8 @@ class _ClassFeatureCache(NamedTuple):
 
 
 class PromptClassifier(nn.Module):
-    """Classify images by their similarity to one text prompt per class, e.g. `"a photo of a {class}."`.
+    """Classify images by their similarity to one text prompt per class, e.g. `"a photo of a {class}."`, or to an
+    ensemble of prompts per class.
 
     `logits = logit_scale.exp() * cos(image features, class features)` (plus the model's `logit_bias` where it has
     one, as SigLIP does), with the model's own logit scale. In training mode the class prompts are re-encoded on every
@@ -101,6 +103,11 @@ class PromptClassifier(nn.Module):
     [`~PromptClassifier.clear_cache`] after one. The class prompts are tokenized once, padded to the longest prompt
     (not to a fixed 77 tokens).
 
+    **Prompt ensembling.** With `templates=[...]` the class features are the average of the L2-normalised features of
+    the class's prompt under each template, normalised again (as CLIP's ImageNet ensembles and CoOp's `ZeroshotCLIP2`
+    compute them); each template's prompts are encoded as one batch padded to that template's longest prompt, so
+    that every term is what a classifier with that one template computes. The cache covers the ensemble as a whole.
+
     With an unwrapped model this is plain zero-shot CLIP classification.
 
     Args:
@@ -110,11 +117,15 @@ class PromptClassifier(nn.Module):
             The model's tokenizer.
         class_names (`Sequence[str]`):
             The class names, in label order.
-        template (`str`, defaults to `"a photo of a {}."`):
+        template (`str`, *optional*):
             The prompt of a class; `{}` is replaced by the class name. Exactly one `{}` and no other replacement field
-            (`{0}`, `{name}`, a lone `{`): write literal braces as `{{` and `}}`.
+            (`{0}`, `{name}`, a lone `{`): write literal braces as `{{` and `}}`. Defaults to `"a photo of a {}."`
+            unless `templates` is given.
         image_processor (*optional*):
             The model's image processor, needed by [`~PromptClassifier.predict`] only.
+        templates (`Sequence[str]`, *optional*):
+            Several templates, for prompt ensembling (instead of `template`); e.g.
+            `mudpt_peft.templates.IMAGENET_80_TEMPLATES`.
 
     A `ValueError` is raised for a template that breaks that rule, and for class names that are not distinct
     non-empty strings (two classes with one name get one prompt and can never be told apart).
@@ -137,19 +148,38 @@ class PromptClassifier(nn.Module):
         model: nn.Module,
         tokenizer: Any,
         class_names: Sequence[str],
-        template: str = "a photo of a {}.",
+        template: str | None = None,
         image_processor: Any = None,
+        *,
+        templates: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        if template is not None and templates is not None:
+            raise ValueError("Pass either `template` (one prompt per class) or `templates` (an ensemble), not both.")
+        if templates is None:
+            templates = ["a photo of a {}." if template is None else template]
+        elif isinstance(templates, str) or not isinstance(templates, Sequence) or len(templates) == 0:
+            raise ValueError(f"`templates` must be a non-empty list of templates, got {short_repr(templates)}.")
+        templates = [check_template(item) for item in templates]
         self.model = model
         self.tokenizer = tokenizer
-        self.template = check_template(template)
+        self._templates = tuple(templates)
         self.image_processor = image_processor
         self._cache: _ClassFeatureCache | None = None
         self.class_names = class_names
 
     # ----------------------------------------------------------------------------------------------------------------
     # class prompts
+
+    @property
+    def templates(self) -> list[str]:
+        """The templates of the class prompts (one, or the ensemble's)."""
+        return list(self._templates)
+
+    @property
+    def template(self) -> str | None:
+        """The template of the class prompts; `None` for an ensemble (see [`~PromptClassifier.templates`])."""
+        return self._templates[0] if len(self._templates) == 1 else None
 
     @property
     def class_names(self) -> list[str]:
@@ -159,12 +189,12 @@ class PromptClassifier(nn.Module):
     @class_names.setter
     def class_names(self, class_names: Sequence[str]) -> None:
         names = check_class_names(class_names)
-        prompts = [self.template.format(name) for name in names]
-        tokens = self.tokenizer(prompts, padding="longest", return_tensors="pt")
+        input_ids, attention_mask, lengths = _tokenize_templates(self.tokenizer, self._templates, names)
         device = first_float_parameter(self.model).device
         self._class_names = names
-        self.register_buffer("class_input_ids", tokens["input_ids"].to(device), persistent=False)
-        self.register_buffer("class_attention_mask", tokens["attention_mask"].to(device), persistent=False)
+        self._template_lengths = lengths
+        self.register_buffer("class_input_ids", input_ids.to(device), persistent=False)
+        self.register_buffer("class_attention_mask", attention_mask.to(device), persistent=False)
         self.clear_cache()
 
     def clear_cache(self) -> None:
@@ -244,10 +274,20 @@ class PromptClassifier(nn.Module):
         return features
 
     def _encode_classes(self) -> torch.Tensor:
-        features = projected_features(
-            self.model.get_text_features(input_ids=self.class_input_ids, attention_mask=self.class_attention_mask)
-        )
-        return F.normalize(features, dim=-1)
+        if len(self._template_lengths) == 1:
+            features = projected_features(
+                self.model.get_text_features(input_ids=self.class_input_ids, attention_mask=self.class_attention_mask)
+            )
+            return F.normalize(features, dim=-1)
+        count, total = len(self._class_names), None
+        for index, length in enumerate(self._template_lengths):  # one batch per template, at its own length
+            rows = slice(index * count, (index + 1) * count)
+            output = self.model.get_text_features(
+                input_ids=self.class_input_ids[rows, :length], attention_mask=self.class_attention_mask[rows, :length]
+            )
+            features = F.normalize(projected_features(output), dim=-1)
+            total = features if total is None else total + features
+        return F.normalize(total / len(self._template_lengths), dim=-1)
 
     # ----------------------------------------------------------------------------------------------------------------
     # classification
@@ -402,11 +442,11 @@ class PromptClassifier(nn.Module):
     ) -> PromptClassifier:
         """Restore a classifier saved with [`~PromptClassifier.save_pretrained`] or [`~PromptClassifier.push_to_hub`].
 
-        Loads the adapter onto `base_model` with `PeftModel.from_pretrained` and the class names and template from
-        `prompt_classifier.json`. Everything is checked before the base model is touched (the adapter's files, see
-        [`MuDPTConfig.from_pretrained`]; the classifier file; the base model's class, family and geometry as far as
-        the adapter recorded them, see [`mudpt_peft.compat.check_base_model`]; the tokenizer); if the adapter's tensors
-        do not fit the base model, the base model is left without MuDPT wrappers.
+        Loads the adapter onto `base_model` with `PeftModel.from_pretrained` and the class names and template (or
+        templates) from `prompt_classifier.json`. Everything is checked before the base model is touched (the
+        adapter's files, see [`MuDPTConfig.from_pretrained`]; the classifier file; the base model's class, family and
+        geometry as far as the adapter recorded them, see [`mudpt_peft.compat.check_base_model`]; the tokenizer); if
+        the adapter's tensors do not fit the base model, the base model is left without MuDPT wrappers.
 
         Args:
             base_model (`nn.Module`):
@@ -482,11 +522,31 @@ class PromptClassifier(nn.Module):
             **kwargs,
         )
         try:
-            classifier = cls(model, tokenizer, info["class_names"], info["template"], image_processor)
+            templates = info.get("templates")
+            template = None if templates is not None else info["template"]
+            classifier = cls(model, tokenizer, info["class_names"], template, image_processor, templates=templates)
         except Exception:
             model.unload()  # leave the base model as it was given
             raise
         return classifier if is_trainable else classifier.eval()
+
+
+def _tokenize_templates(
+    tokenizer: Any, templates: Sequence[str], names: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The class prompts of every template, template after template: `(input_ids, attention_mask, lengths)`.
+
+    Each template's prompts are tokenized as one batch padded to their longest (`lengths[t]` columns), then padded on
+    the right to the longest template so that they fit one tensor; `[:, :lengths[t]]` of a template's rows is its own
+    tokenization. With one template this is the tokenizer's output as it is."""
+    batches = [tokenizer([t.format(name) for name in names], padding="longest", return_tensors="pt") for t in templates]
+    if len(batches) == 1:
+        return batches[0]["input_ids"], batches[0]["attention_mask"], [batches[0]["input_ids"].shape[1]]
+    lengths = [batch["input_ids"].shape[1] for batch in batches]
+    width, pad = max(lengths), getattr(tokenizer, "pad_token_id", None) or 0
+    input_ids = torch.cat([F.pad(b["input_ids"], (0, width - b["input_ids"].shape[1]), value=pad) for b in batches])
+    mask = torch.cat([F.pad(b["attention_mask"], (0, width - b["attention_mask"].shape[1])) for b in batches])
+    return input_ids, mask, lengths
 
 
 def _base_model_tokenizer(base_model: nn.Module) -> Any:

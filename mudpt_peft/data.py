@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -18,6 +19,7 @@ __all__ = [
     "ImageClassificationCollator",
     "base_to_new",
     "check_image_classification_dataset",
+    "dassl_few_shot_indices",
     "few_shot",
 ]
 
@@ -320,21 +322,28 @@ def _labels_of(dataset: Any, label_column: str, function: str) -> np.ndarray:
     if names is None or not hasattr(dataset, "select"):
         raise ValueError(f"`{function}` needs a map-style HF `datasets.Dataset`, got {type(dataset).__name__}.")
     _check_column(dataset, label_column, "label", "label_column")
-    labels = np.asarray(list(dataset[label_column]))
+    labels = np.asarray(dataset[label_column][:])  # a slice: reading a `datasets` 5 column row by row is ~20x slower
     if len(labels) and labels.dtype.kind not in "iu":
         raise ValueError(f"The label column {label_column!r} must hold integer class indices, got {labels.dtype}.")
     return labels.astype(np.int64)
 
 
-def few_shot(dataset: Any, shots: int, seed: int = 1, label_column: str = "label") -> Any:
-    """Exactly `shots` examples of every class, the same ones for a given `(dataset, shots, seed)` whatever the method.
+def few_shot(dataset: Any, shots: int, seed: int = 1, label_column: str = "label", sampling: str = "balanced") -> Any:
+    """`shots` examples of every class, the same ones for a given `(dataset, shots, seed)` whatever the method.
 
-    The examples of each class are drawn without replacement with a NumPy generator seeded by `seed` (one
-    permutation per class, classes in label order), so the subset depends only on the dataset's labels, `shots` and
-    `seed`: every method trained with the same seed sees the same images. The rows keep the dataset's order.
+    Two samplers:
 
-    The classes are those of a `ClassLabel` label feature (so a class without any example is caught), else the
-    distinct labels present.
+    - `sampling="balanced"` (the default): exactly `shots` examples of every class, drawn without replacement with a
+      NumPy generator seeded by `seed` (one permutation per class, classes in label order); the rows keep the
+      dataset's order. The classes are those of a `ClassLabel` label feature (so a class without any example is
+      caught), else the distinct labels present; a class with fewer than `shots` examples is an error.
+    - `sampling="dassl"`: the rows the CoOp benchmark's code (Dassl's `generate_fewshot_dataset` after
+      `set_random_seed(seed)`) selects from the same list: the rows grouped by label in order of first appearance,
+      then `random.sample(group, shots)` per group from Python's `random` seeded by `seed` (a private
+      `random.Random(seed)`: the global `random` state is neither read nor changed); a class with fewer than `shots`
+      rows keeps them all. The rows come in Dassl's order (group by group, each in the order sampled). The protocol
+      samples the validation split from the same stream right after the training split: see
+      [`dassl_few_shot_indices`] and [`mudpt_peft.benchmark_datasets.protocol_splits`].
 
     Args:
         dataset (`datasets.Dataset`):
@@ -345,17 +354,22 @@ def few_shot(dataset: Any, shots: int, seed: int = 1, label_column: str = "label
             The sampling seed (the papers average seeds 1, 2, 3).
         label_column (`str`, defaults to `"label"`):
             The column with the integer labels.
+        sampling (`str`, defaults to `"balanced"`):
+            `"balanced"` or `"dassl"` (see above). The default stays `"balanced"` so that the subsets of existing
+            runs do not change; the CoOp benchmark protocol uses `"dassl"`.
 
     Returns:
-        `datasets.Dataset`: `shots × classes` rows of `dataset`.
+        `datasets.Dataset`: the selected rows of `dataset`.
 
     Raises:
-        `ValueError`: if `shots` is not a positive integer, the label column is missing, the dataset has fewer than 2
-            classes (a one-class training set learns nothing), or some classes have fewer than `shots` examples (the
-            message names them with their counts).
+        `ValueError`: if `shots` is not a positive integer, `sampling` is unknown, the label column is missing, the
+            dataset has fewer than 2 classes (a one-class training set learns nothing), or (`"balanced"` only) some
+            classes have fewer than `shots` examples (the message names them with their counts).
     """
     if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
         raise ValueError(f"`shots` must be an integer >= 1, got {shots!r}.")
+    if sampling not in ("balanced", "dassl"):
+        raise ValueError(f"`sampling` must be 'balanced' or 'dassl' (the CoOp benchmark's sampler), got {sampling!r}.")
     labels = _labels_of(dataset, label_column, "few_shot")
     feature_names = _class_label_names(dataset, label_column)
     classes = list(range(len(feature_names))) if feature_names else sorted({int(v) for v in labels})
@@ -365,6 +379,8 @@ def few_shot(dataset: Any, shots: int, seed: int = 1, label_column: str = "label
             f"`few_shot` builds a training set, which needs at least 2 classes; the dataset has {len(classes)}"
             f"{shown}: {_ONE_CLASS}"
         )
+    if sampling == "dassl":
+        return dataset.select(dassl_few_shot_indices(labels, shots, _dassl_random(seed)))
     by_class = {c: np.flatnonzero(labels == c) for c in classes}
     short = {c: len(idx) for c, idx in by_class.items() if len(idx) < shots}
     if short:
@@ -378,6 +394,46 @@ def few_shot(dataset: Any, shots: int, seed: int = 1, label_column: str = "label
     generator = np.random.default_rng(seed)
     chosen = [int(i) for c in classes for i in generator.permutation(by_class[c])[:shots]]
     return dataset.select(sorted(chosen))
+
+
+def _dassl_random(seed: int) -> random.Random:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"`seed` must be an integer (Dassl seeds Python's `random` with it), got {seed!r}.")
+    return random.Random(seed)
+
+
+def dassl_few_shot_indices(labels: Sequence[int], shots: int, rng: random.Random) -> list[int]:
+    """The positions Dassl's `generate_fewshot_dataset(items, num_shots=shots)` keeps from a list with these labels,
+    drawing from `rng` as Dassl draws from Python's global `random`.
+
+    The positions are grouped by label in order of first appearance; each group with at least `shots` positions
+    gives `rng.sample(group, shots)` (in the order sampled), a smaller group is kept whole and draws nothing. Which
+    positions `random.sample` picks depends only on the group's length, `shots` and the generator's state, so
+    sampling positions picks the same items as sampling the items.
+
+    Call it twice with the same `rng` to sample the training split and then the validation split from one stream,
+    as CoOp's dataset classes do after `set_random_seed(seed)` (`rng = random.Random(seed)`).
+
+    Args:
+        labels (`Sequence[int]`):
+            The label of each item, in the split's order.
+        shots (`int`):
+            Items per label (K), at least 1.
+        rng (`random.Random`):
+            The generator; advanced by the draws.
+
+    Returns:
+        `list[int]`: positions into `labels`, in Dassl's order.
+    """
+    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+        raise ValueError(f"`shots` must be an integer >= 1, got {shots!r}.")
+    groups: dict[int, list[int]] = {}
+    for position, label in enumerate(labels):
+        groups.setdefault(int(label), []).append(position)
+    chosen: list[int] = []
+    for positions in groups.values():
+        chosen.extend(rng.sample(positions, shots) if len(positions) >= shots else positions)
+    return chosen
 
 
 class BaseToNewSplit(NamedTuple):

@@ -55,7 +55,7 @@ def evaluate(
     class_names: Sequence[str],
     tokenizer: Any,
     image_processor: Any,
-    template: str = "a photo of a {}.",
+    template: str | None = None,
     batch_size: int = 100,
     image_column: str = "image",
     label_column: str = "label",
@@ -63,6 +63,7 @@ def evaluate(
     split: str | None = None,
     shots: int | None = None,
     seed: int | None = None,
+    templates: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Classification accuracy of `model` on `dataset` against the prompts of `class_names`.
 
@@ -85,8 +86,9 @@ def evaluate(
             The model's tokenizer.
         image_processor:
             The model's image processor.
-        template (`str`, defaults to `"a photo of a {}."`):
+        template (`str`, *optional*):
             The class prompt; `{}` is replaced by the class name (exactly one `{}`, no other replacement field).
+            Defaults to `"a photo of a {}."` unless `templates` is given.
         batch_size (`int`, defaults to 100):
             Images per forward pass.
         image_column (`str`, defaults to `"image"`):
@@ -101,11 +103,17 @@ def evaluate(
             Training examples per class of the adapter, for the model card.
         seed (`int`, *optional*):
             The seed of the run, for the model card.
+        templates (`Sequence[str]`, *optional*):
+            Several templates instead of `template`: prompt ensembling (see [`PromptClassifier`]), e.g. CLIP's
+            ImageNet ensemble `mudpt_peft.templates.IMAGENET_80_TEMPLATES`; for a dataset of the CoOp benchmark,
+            `mudpt_peft.benchmark_datasets.get_benchmark(name).templates(...)` gives CoOp's zero-shot templates.
 
     Returns:
         `dict`: `accuracy` (top-1, percent), `top5_accuracy` (percent, with at least 5 classes) and `num_examples`.
     """
-    check_template(template)
+    for item in [template] if templates is None else templates:  # before any image is read
+        if item is not None:
+            check_template(item)
     check_image_classification_dataset(dataset, class_names, image_column, label_column)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
@@ -115,7 +123,7 @@ def evaluate(
         image_processor, image_column=image_column, label_column=label_column, image_size=model_image_size(model)
     )
     was_training = model.training
-    classifier = PromptClassifier(model, tokenizer, class_names, template=template).eval()
+    classifier = PromptClassifier(model, tokenizer, class_names, template=template, templates=templates).eval()
     parameter = first_float_parameter(model)
     all_logits, all_labels = [], []
     try:

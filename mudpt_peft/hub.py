@@ -80,10 +80,13 @@ def _stage(
                 os.replace(item, root / folder / item.name)
             written.rmdir()
         if classifier is not None:
+            templates = classifier.templates
             info = {
-                "format_version": CLASSIFIER_FORMAT,
+                # a single-template file stays readable by the versions before ensembles
+                "format_version": CLASSIFIER_FORMAT if len(templates) > 1 else 1,
                 "class_names": classifier.class_names,
-                "template": classifier.template,
+                "template": templates[0],
+                **({"templates": templates} if len(templates) > 1 else {}),
                 # the fingerprint the save recorded for the tensors it wrote (this staging folder is this save's own)
                 CLASSIFIER_TENSORS_KEY: recorded_fingerprints(_read_staged_config(root / folder))[0],
             }

@@ -245,8 +245,13 @@ def _model_card_text(
             "",
             "## Classifier",
             "",
-            f"`{CLASSIFIER_CONFIG_NAME}` holds the {len(names)} class names (in label order) and the prompt template "
-            f"`{classifier.template}`, so that `PromptClassifier.from_pretrained` restores a ready classifier.",
+            f"`{CLASSIFIER_CONFIG_NAME}` holds the {len(names)} class names (in label order) and "
+            + (
+                f"the prompt template `{classifier.template}`"
+                if classifier.template is not None
+                else f"an ensemble of {len(classifier.templates)} prompt templates"
+            )
+            + ", so that `PromptClassifier.from_pretrained` restores a ready classifier.",
             "",
             f"Classes: {shown}.",
         ]

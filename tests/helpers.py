@@ -357,3 +357,60 @@ def folder_files(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` (relative POSIX path -> bytes): what a load of it can see."""
     files = sorted(path for path in folder.rglob("*") if path.is_file())
     return {path.relative_to(folder).as_posix(): path.read_bytes() for path in files}
+# the CoOp benchmark's on-disk layouts (CoOp's DATASETS.md), written with tiny images
+
+
+def write_png(path: Path, value: int = 0, size: int = 4) -> Path:
+    """A `size`×`size` PNG whose pixels are all `(value, 255 - value, 7)`, in new parent folders as needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), (value % 256, 255 - value % 256, 7)).save(path, format="PNG")
+    return path
+
+
+def write_split_file_dataset(
+    folder: Path, split_file: str, image_folder: str, entries: dict[str, list[tuple[str, int, str]]]
+) -> Path:
+    """A dataset in CoOp's split-file layout: `folder/<split_file>` holding `{"train"|"val"|"test": [[path, label,
+    class name], ...]}` and a PNG for every path under `folder/<image_folder>` (the value of entry `i` of a split is
+    `i`, so that decoded images can be told apart)."""
+    for rows in entries.values():
+        for index, (relative, _, _) in enumerate(rows):
+            write_png(folder / image_folder / relative, value=index)
+    folder.mkdir(parents=True, exist_ok=True)
+    content = {split: [list(row) for row in rows] for split, rows in entries.items()}
+    (folder / split_file).write_text(json.dumps(content), encoding="utf-8")
+    return folder
+
+
+def write_aircraft(folder: Path, variants: list[str], lines: dict[str, list[tuple[str, str]]]) -> Path:
+    """FGVC-Aircraft's `data/` layout: `variants.txt`, `images_variant_{split}.txt` with `<image id> <variant>`
+    lines, and `images/<image id>.jpg` (PNG bytes: decoders go by content)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "variants.txt").write_text("".join(f"{variant}\n" for variant in variants), encoding="utf-8")
+    for split, rows in lines.items():
+        text = "".join(f"{image_id} {variant}\n" for image_id, variant in rows)
+        (folder / f"images_variant_{split}.txt").write_text(text, encoding="utf-8")
+        for index, (image_id, _) in enumerate(rows):
+            write_png(folder / "images" / f"{image_id}.jpg", value=index)
+    return folder
+
+
+def write_classnames(folder: Path, classnames: dict[str, str]) -> Path:
+    """ImageNet's `classnames.txt`: one `<WordNet id> <class name>` line per class, in the dict's order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "classnames.txt"
+    path.write_text("".join(f"{wnid} {name}\n" for wnid, name in classnames.items()), encoding="utf-8")
+    return path
+
+
+def write_class_folders(image_dir: Path, files: dict[str, list[str]], empty: bool = False) -> Path:
+    """One folder per key of `files` with those file names, created in the dicts' order; tiny PNGs (or empty files
+    with `empty=True`, for loads that never decode)."""
+    for folder, names in files.items():
+        (image_dir / folder).mkdir(parents=True, exist_ok=True)
+        for index, name in enumerate(names):
+            if empty:
+                (image_dir / folder / name).touch()
+            else:
+                write_png(image_dir / folder / name, value=index)
+    return image_dir

@@ -1,4 +1,5 @@
-"""The performance scripts in `benchmarks/` run from the checkout and print their ratio tables.
+"""The performance scripts in `benchmarks/` run from the checkout and print their ratio tables (`imagenet_load.py`: its
+timings).
 
 They run on the `smoke` shape (the ViT-B depth and the real tokenizer at toy widths), so that a change to the library
 or to transformers that breaks a script fails here rather than in the next measurement. No timing is asserted: the
@@ -90,3 +91,12 @@ def test_hostile_configs_prints_a_refusal_per_case():
         if verdict != "(not held to them)":
             assert error.startswith("`") and int(chars) < 400, (case, error)  # names the field, briefly
     assert "missing tensors" in rows[-1][1]
+
+
+def test_imagenet_load_prints_the_timings_and_row_counts():
+    output = run_script("imagenet_load.py", "--classes", "5", "--images", "3", "--val_images", "2", "--reps", "1")
+    assert "# Synthetic ImageNet: 5 classes, 15 training and 10 validation images" in output
+    rows = {row[0]: row[1:] for row in (line.strip("|").split("|") for line in output.splitlines() if "| `" in line)}
+    counts = [cells[1].strip() for cells in rows.values()]
+    assert counts == ["15 + 10 + 10", "15", "9"], output  # 3 shots of 5 classes; base: the first 3 classes
+    assert all(re.fullmatch(r"\d+\.\d{3}", cells[0].strip()) for cells in rows.values()), output
