@@ -281,7 +281,15 @@ class PromptClassifier(nn.Module):
         return (cache.features if _all_equal(cache.values) else None), key, tensors
 
     def encode_classes(self) -> torch.Tensor:
-        """The L2-normalised class features, shape `(classes, dim)`; cached in eval mode."""
+        """The L2-normalised class features, shape `(classes, dim)`; cached in eval mode.
+
+        A `ValueError` for an image-conditioned adapter (CoCoOp), whose class features exist per image only (the
+        classifier's forward encodes them for each image)."""
+        if self.conditioned_text_tower() is not None:
+            raise ValueError(
+                "The adapter in use (CoCoOp) conditions the class prompts on each image: there are no class features "
+                "without an image. Call the classifier on `pixel_values` (it encodes the class prompts per image)."
+            )
         if self.training:
             return self._encode_classes()
         features, key, tensors = self._cached()

@@ -219,6 +219,8 @@ def test_text_features_need_an_image(tokenizer):
         model.get_text_features(input_ids=inputs["input_ids"])
     with pytest.raises(ValueError, match="conditions the text prompts on each image"):
         model(**inputs)
+    with pytest.raises(ValueError, match="no class features without an image"):
+        PromptClassifier(model, tokenizer, COLOR_CLASSES[:2]).eval().encode_classes()
     text = model.base_model.model.text_model
     with pytest.raises(ValueError, match="one shift per text row"), text.conditioned(torch.zeros(1, 32)):
         model.get_text_features(input_ids=inputs["input_ids"])
@@ -283,6 +285,17 @@ def test_trains_saves_loads_and_evaluates(tokenizer, tmp_path):
     assert torch.equal(classifier_logits(loaded, pixel_values), classifier_logits(trained, pixel_values))
     again = evaluate(reloaded, test, classes, tokenizer, image_processor())
     assert again["accuracy"] == independent["accuracy"]
+    # the meta-net is created on meta and assigned when loading with low_cpu_mem_usage
+    lazily = PeftModel.from_pretrained(
+        make_clip(eos_token_id=TOKENIZER_EOS_ID), tmp_path / "final", low_cpu_mem_usage=True
+    )
+    lazy = PromptClassifier(lazily, tokenizer, classes).eval()
+    assert torch.equal(classifier_logits(lazy, pixel_values), classifier_logits(trained, pixel_values))
+
+    # it trains through the classifier, not through a distributed wrapper's forward: refused with a wrapper
+    wrapper = torch.nn.Module()
+    with pytest.raises(ValueError, match="trains on one process only"):
+        trainer._training_output(wrapper, pixel_values)
 
     # the classifier's own save restores a ready classifier
     trained.save_pretrained(tmp_path / "classifier")
