@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
 
 
+#: The (image, class) prompts one text forward encodes for an image-conditioned adapter (CoCoOp), by default: about
+#: 0.1 GB of activations at ViT-B/16's text width in fp32 inference (see `docs/performance.md`).
+DEFAULT_CLASS_CHUNK_SIZE = 256
+
 _optimizer_steps = [0]
 
 
@@ -108,6 +112,13 @@ class PromptClassifier(nn.Module):
     compute them); each template's prompts are encoded as one batch padded to that template's longest prompt, so
     that every term is what a classifier with that one template computes. The cache covers the ensemble as a whole.
 
+    **Image-conditioned prompts (CoCoOp).** When the adapter in use shifts the text prompts by a function of each
+    image (`fusion="meta_net"`), the class features depend on the image: the class prompts are encoded once per image
+    (`batch x classes` text sequences), `class_chunk_size` of them per text forward, and no class feature is cached.
+    The image features feeding the meta-net are the L2-normalised ones the logits use, as in the official
+    `trainers/cocoop.py`. In training mode the chunks keep their activations for the backward pass (as the official
+    code does, which trains with batch 1).
+
     With an unwrapped model this is plain zero-shot CLIP classification.
 
     Args:
@@ -126,6 +137,10 @@ class PromptClassifier(nn.Module):
         templates (`Sequence[str]`, *optional*):
             Several templates, for prompt ensembling (instead of `template`); e.g.
             `mudpt_peft.templates.IMAGENET_80_TEMPLATES`.
+        class_chunk_size (`int`, defaults to 256):
+            For an image-conditioned adapter (CoCoOp) only: how many (image, class) prompts one text forward encodes.
+            The peak memory of inference grows with it, not with `batch x classes` (see `docs/performance.md`); the
+            logits do not depend on it.
 
     A `ValueError` is raised for a template that breaks that rule, and for class names that are not distinct
     non-empty strings (two classes with one name get one prompt and can never be told apart).
@@ -152,8 +167,12 @@ class PromptClassifier(nn.Module):
         image_processor: Any = None,
         *,
         templates: Sequence[str] | None = None,
+        class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
     ) -> None:
         super().__init__()
+        if isinstance(class_chunk_size, bool) or not isinstance(class_chunk_size, int) or class_chunk_size < 1:
+            raise ValueError(f"`class_chunk_size` must be an integer >= 1, got {short_repr(class_chunk_size)}.")
+        self.class_chunk_size = class_chunk_size
         if template is not None and templates is not None:
             raise ValueError("Pass either `template` (one prompt per class) or `templates` (an ensemble), not both.")
         if templates is None:
@@ -262,7 +281,15 @@ class PromptClassifier(nn.Module):
         return (cache.features if _all_equal(cache.values) else None), key, tensors
 
     def encode_classes(self) -> torch.Tensor:
-        """The L2-normalised class features, shape `(classes, dim)`; cached in eval mode."""
+        """The L2-normalised class features, shape `(classes, dim)`; cached in eval mode.
+
+        A `ValueError` for an image-conditioned adapter (CoCoOp), whose class features exist per image only (the
+        classifier's forward encodes them for each image)."""
+        if self.conditioned_text_tower() is not None:
+            raise ValueError(
+                "The adapter in use (CoCoOp) conditions the class prompts on each image: there are no class features "
+                "without an image. Call the classifier on `pixel_values` (it encodes the class prompts per image)."
+            )
         if self.training:
             return self._encode_classes()
         features, key, tensors = self._cached()
@@ -289,6 +316,36 @@ class PromptClassifier(nn.Module):
             total = features if total is None else total + features
         return F.normalize(total / len(self._template_lengths), dim=-1)
 
+    def conditioned_text_tower(self) -> MuDPTTextTower | None:
+        """The text tower when the adapter in use conditions its prompts on each image (CoCoOp), else `None`."""
+        for module in iter_modules(self.model):
+            if isinstance(module, MuDPTTextTower) and module.prompting_adapter() is not None:
+                return module if module.conditions_on_image() else None
+        return None
+
+    def _conditioned_similarities(self, tower: MuDPTTextTower, image_features: torch.Tensor) -> torch.Tensor:
+        """`cos(image i, class c | image i)` `(images, classes)` for L2-normalised `image_features`: the class prompts
+        encoded for each image with its meta-net shift, `class_chunk_size` (image, class) rows per text forward."""
+        images, count = image_features.shape[0], len(self._class_names)
+        shift = tower.image_shift(image_features)
+        device = image_features.device
+        similarities = []
+        for start in range(0, images * count, self.class_chunk_size):
+            rows = torch.arange(start, min(images * count, start + self.class_chunk_size), device=device)
+            image_index, class_index = rows // count, rows % count
+            total = None
+            for index, length in enumerate(self._template_lengths):
+                ids = self.class_input_ids[index * count + class_index, :length]
+                mask = self.class_attention_mask[index * count + class_index, :length]
+                with tower.conditioned(shift[image_index]):
+                    output = self.model.get_text_features(input_ids=ids, attention_mask=mask)
+                features = F.normalize(projected_features(output), dim=-1)
+                total = features if total is None else total + features
+            if len(self._template_lengths) > 1:
+                total = F.normalize(total / len(self._template_lengths), dim=-1)
+            similarities.append((image_features[image_index] * total.to(image_features.dtype)).sum(dim=-1))
+        return torch.cat(similarities).view(images, count)
+
     # ----------------------------------------------------------------------------------------------------------------
     # classification
 
@@ -296,12 +353,16 @@ class PromptClassifier(nn.Module):
         self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any
     ) -> ImageClassifierOutput:
         """Logits of shape `(batch, classes)`, and the cross-entropy `loss` when `labels` are given."""
-        class_features = self.encode_classes()
+        conditioned = self.conditioned_text_tower()
+        class_features = self.encode_classes() if conditioned is None else None
         image_features = F.normalize(
             projected_features(self.model.get_image_features(pixel_values=pixel_values, **kwargs)), dim=-1
         )
         base = base_model_of(self.model)
-        logits = image_features @ class_features.to(image_features.dtype).t()
+        if conditioned is None:
+            logits = image_features @ class_features.to(image_features.dtype).t()
+        else:
+            logits = self._conditioned_similarities(conditioned, image_features)
         logits = logits * base.logit_scale.exp().to(logits.dtype)
         logit_bias = getattr(base, "logit_bias", None)
         if logit_bias is not None:

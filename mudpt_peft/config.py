@@ -73,9 +73,9 @@ class MuDPTConfig(PeftConfig):
     linear head) whose output is added to the other modality's prompts, layer by layer. The backbone stays frozen.
 
     The same tuner also runs the methods MuDPT is compared with, as configurations (see [`MuDPTConfig.for_method`]):
-    CoOp (text prompts only), VPT (vision prompts only), IVLP (both, uncoupled), MaPLe (vision prompts mapped from
-    the text prompts) and the two revisions of MuDPT's linear variant, plus a cross-attention coupling
-    (`mudpt_peft.methods.METHODS`).
+    CoOp (text prompts only), CoCoOp (CoOp's prompts shifted per image by a meta-net), VPT (vision prompts only),
+    IVLP (both, uncoupled), MaPLe (vision prompts mapped from the text prompts) and the two revisions of MuDPT's
+    linear variant, plus a cross-attention coupling (`mudpt_peft.methods.METHODS`).
 
     Args:
         text_prompts (`bool`, defaults to `True`):
@@ -87,7 +87,8 @@ class MuDPTConfig(PeftConfig):
             How the towers' prompts are coupled (`mudpt_peft.fusion.FUSIONS`): `"injection"` (MuDPT's Injection
             Model), `"shared_linear"` (the current official `mudpt.py`: one map per direction for the deep layers and
             a text-to-vision map at layer 0), `"linear"` (its early revisions: one map per deep layer and direction),
-            `"text_to_vision"` (MaPLe), `"none"` (independent prompts) or `"cross_attention"`.
+            `"text_to_vision"` (MaPLe), `"none"` (independent prompts), `"cross_attention"` or `"meta_net"`
+            (CoCoOp: each image's features shift the layer-0 text prompts, so the text prompts depend on the image).
         depth (`int`, defaults to 9):
             Number of layers that get prompts, counting the input layer: prompts are used at layers `0..depth-1`, i.e.
             `depth - 1` deep prompt sets (`PROMPT_DEPTH` in the official code). `1..1024`, and at most the layer count
@@ -312,6 +313,11 @@ class MuDPTConfig(PeftConfig):
             raise ValueError(f"`fusion` must be one of {', '.join(FUSIONS)}; got {short_repr(self.fusion)}.")
         if not self.text_prompts and (self.ctx_init is not None or self.ctx_init_token_ids is not None):
             raise ValueError("`ctx_init` initialises text prompts, but `text_prompts=False`.")
+        if fusion.conditions_on_image and not (self.text_prompts and not self.vision_prompts):
+            raise ValueError(
+                f"`fusion`={self.fusion!r} (CoCoOp) conditions the text prompts on the image features, so it needs "
+                "`text_prompts=True` and `vision_prompts=False`."
+            )
         if not (self.text_prompts or self.vision_prompts):
             raise ValueError("`text_prompts` and `vision_prompts` are both False: at least one tower needs prompts.")
         if fusion.couples and not (self.text_prompts and self.vision_prompts):
@@ -438,6 +444,7 @@ class MuDPTConfig(PeftConfig):
         | `"mudpt-linear"` | both | shared_linear (current official `mudpt.py`) | 9 | 2 |
         | `"mudpt-linear-v1"` | both | linear (its early revisions) | 9 | 2 |
         | `"cross-attention"` | both | cross_attention | 9 | 2 |
+        | `"cocoop"` | text | meta_net (image-conditioned) | 1 | 4 |
 
         The presets are the rows of `mudpt_peft.methods.METHODS`.
 

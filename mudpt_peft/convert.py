@@ -38,7 +38,7 @@ from .adapter_files import check_tensor_values
 from .config import MuDPTConfig
 from .families import get_family_spec
 from .methods import METHODS, normalize_method
-from .model import refuse_wrapped, validate_against_model
+from .model import image_feature_dim, refuse_wrapped, validate_against_model
 from .names import check_adapter_name
 
 #: The methods whose official checkpoints [`convert_official`] reads.
@@ -121,6 +121,10 @@ def convert_official(
 
     - `coop` (`KaiyangZhou/CoOp`; its checkpoint holds the prompt learner only, so keys have no prefix): `ctx`
       (or `prompt_learner.ctx`) `(n, w_t)` -> `T[0]`. Depth 1, text only.
+    - `cocoop` (`KaiyangZhou/CoOp` `trainers/cocoop.py`; the prompt learner only, keys with or without
+      `prompt_learner.`): `ctx` `(n, w_t)` -> `T[0]`; `meta_net.linear1` `(d // 16, d)` and `meta_net.linear2`
+      `(w_t, d // 16)`, `d` the projection dim of the image features -> text fusion `linear1`, `linear2`. Depth 1,
+      text only. The official fp16 meta-net (`PREC: fp16`) is cast to float32.
     - `vpt`: `image_encoder.VPT` `(n, w_v)` -> `V[0]`; `image_encoder.transformer.resblocks.{i}.VPT_shallow` ->
       `V[i]`, `i = 1..D-1`. Vision only.
     - `ivlp`: `prompt_learner.ctx` -> `T[0]`; `text_encoder.transformer.resblocks.{i}.VPT_shallow` -> `T[i]`; the
@@ -176,9 +180,9 @@ def convert_official(
             dict itself. Files are read with `torch.load(..., weights_only=True)`: a file that needs arbitrary
             pickled objects is refused.
         method (`str`):
-            One of `coop`, `vpt`, `ivlp`, `maple`, `mudpt-linear`, `mudpt-linear-v1`, `mudpt` (case-insensitive; `_`
-            and `-` are interchangeable). The adapter's config is the preset of that name, except that `mudpt-linear`
-            gives `mudpt-linear-v1` for an early-format checkpoint.
+            One of `coop`, `cocoop`, `vpt`, `ivlp`, `maple`, `mudpt-linear`, `mudpt-linear-v1`, `mudpt`
+            (case-insensitive; `_` and `-` are interchangeable). The adapter's config is the preset of that name,
+            except that `mudpt-linear` gives `mudpt-linear-v1` for an early-format checkpoint.
         base_model (`transformers.CLIPModel`):
             The frozen model, converted from the OpenAI CLIP the checkpoint was trained with. It is wrapped in place.
         adapter_name (`str`, defaults to `"default"`):
@@ -231,7 +235,8 @@ def convert_official(
         )
     refuse_wrapped(base_model)
     spec = get_family_spec(base_model)
-    geometry = _Geometry(**spec.geometry(base_model))
+    widths = spec.geometry(base_model)
+    geometry = _Geometry(**widths, image_feature_dim=image_feature_dim(base_model, widths))
     state_dict = _official_state_dict(checkpoint)
 
     plan = _Plan(state_dict, geometry, apply_last_deep_set=apply_last_deep_set)
@@ -354,6 +359,7 @@ class _Geometry:
     vision_width: int
     text_layers: int
     vision_layers: int
+    image_feature_dim: int | None = None
 
     def width(self, tower: str) -> int:
         return self.text_width if tower == "text" else self.vision_width
@@ -559,6 +565,8 @@ def _guess_method(state: Mapping[str, torch.Tensor]) -> str | None:
     if "image_encoder.VPT" in keys:
         text_deep = any(k.startswith("text_encoder.") and k.endswith(".VPT_shallow") for k in keys)
         return "ivlp" if text_deep or "prompt_learner.ctx" in keys else "vpt"
+    if any(k.startswith(("meta_net.", "prompt_learner.meta_net.")) for k in keys):
+        return "cocoop"
     if "ctx" in keys or "prompt_learner.ctx" in keys:
         return "coop"
     return None
@@ -573,6 +581,22 @@ def _plan_coop(plan: _Plan) -> None:
     if len(candidates) > 1:
         raise ValueError("The checkpoint holds both `ctx` and `prompt_learner.ctx`; pass the state dict of one model.")
     n_ctx = plan.prompt(candidates[0] if candidates else "ctx", "text", 0, None)
+    plan.overrides.update(depth=1, n_ctx=n_ctx or 1)
+
+
+def _plan_cocoop(plan: _Plan) -> None:
+    prefixes = [prefix for prefix in ("", "prompt_learner.") if f"{prefix}ctx" in plan.state]
+    if len(prefixes) > 1:
+        raise ValueError("The checkpoint holds both `ctx` and `prompt_learner.ctx`; pass the state dict of one model.")
+    prefix = prefixes[0] if prefixes else ""
+    n_ctx = plan.prompt(f"{prefix}ctx", "text", 0, None)
+    g = plan.geometry
+    hidden = g.image_feature_dim // 16
+    what = f"Linear image feature dim {g.image_feature_dim} -> {hidden}"
+    plan.linear(f"{prefix}meta_net.linear1", "text", "linear1", g.image_feature_dim, hidden, what)
+    plan.linear(
+        f"{prefix}meta_net.linear2", "text", "linear2", hidden, g.text_width, f"Linear {hidden} -> text width"
+    )
     plan.overrides.update(depth=1, n_ctx=n_ctx or 1)
 
 
@@ -812,6 +836,7 @@ def _plan_injection(
 
 _PLANNERS = {
     "coop": _plan_coop,
+    "cocoop": _plan_cocoop,
     "vpt": _plan_vpt,
     "ivlp": _plan_ivlp,
     "maple": _plan_maple,

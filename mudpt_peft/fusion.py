@@ -12,9 +12,13 @@ derives them entirely from the other tower) and the other tower's learned prompt
 | `"linear"` (early `mudpt.py`) | `T_0`; `T_j + L^v2t_j(V_j)`, `j >= 1` | `V_0`; `V_j + L^t2v_j(T_j)` |
 | `"text_to_vision"` (MaPLe) | `T_j` | `Linear_j(T_j)` (no own vision prompts) |
 | `"cross_attention"` | `T_j + CrossAttn(q=T_j, kv=V_j)` | `V_j + CrossAttn(q=V_j, kv=T_j)` |
+| `"meta_net"` (CoCoOp) | `T_0 + π(x)` per image `x`; `T_j`, `j >= 1` | (not prompted) |
 
 `"shared_linear"` has one map per direction for all deep layers (`j >= 1`) and a text-to-vision map at layer 0;
-`"linear"` one map per deep layer and direction. Coupling applies to the layers both towers prompt (`j <
+`"linear"` one map per deep layer and direction. `"meta_net"` couples the *image features* to the text prompts:
+`π(x) = Linear(ReLU(Linear(x)))` of each image's L2-normalised projected features `x` is added to every layer-0 text
+prompt token ([`MetaNetFusion`]), so the class prompts differ per image (the tower reads `π(x)` per text row from
+`mudpt_peft.layer.MuDPTTextTower.conditioned`). Coupling applies to the layers both towers prompt (`j <
 min(text_depth, vision_depth)`); deeper layers use their learned prompts alone.
 
 Each `fusion` name is a [`Fusion`] in [`FUSIONS`]: a small class that declares what the method needs of the config
@@ -219,6 +223,52 @@ class CrossAttentionFusion(nn.Module):
         return _add_to_layers(own, self.out_proj(attended), 0)
 
 
+class MetaNetFusion(nn.Module):
+    """CoCoOp's meta-net: a shift `π(x) = linear2(relu(linear1(x)))` per image, added to every context token.
+
+    `x` is an image's L2-normalised projected feature (what CLIP compares with the text features); the hidden layer is
+    `feature_dim // 16` wide, as in the official `trainers/cocoop.py`. The tower's learned prompts pass through
+    `forward` unchanged; the tower adds [`~MetaNetFusion.shift`] of each text row's image to its layer-0 prompts.
+    `MuDPTConfig(fusion="meta_net")`, the preset `"cocoop"`.
+
+    Args:
+        feature_dim (`int`): Width of the image features (CLIP's projection dim).
+        target_width (`int`): Width of the text prompts.
+        reduction (`int`, defaults to 16): `feature_dim // reduction` is the hidden width.
+    """
+
+    #: The text tower needs a shift per text row from [`~MetaNetFusion.shift`] (see `MuDPTTextTower.conditioned`).
+    conditions_on_image = True
+
+    def __init__(
+        self,
+        feature_dim: int,
+        target_width: int,
+        reduction: int = 16,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        hidden = feature_dim // reduction
+        if hidden < 1:
+            raise ValueError(
+                f"CoCoOp's meta-net has `feature_dim // {reduction}` hidden units, but the image features are "
+                f"{feature_dim} wide (at least {reduction} needed)."
+            )
+        factory = {"device": device, "dtype": dtype}
+        self.linear1 = nn.Linear(feature_dim, hidden, **factory)
+        self.relu = nn.ReLU()
+        self.linear2 = nn.Linear(hidden, target_width, **factory)
+
+    def forward(self, own: torch.Tensor, other: torch.Tensor | None) -> torch.Tensor:
+        """Return `own`: the per-image shift is added by the tower (see [`~MetaNetFusion.shift`])."""
+        return own
+
+    def shift(self, image_features: torch.Tensor) -> torch.Tensor:
+        """`π(x)` of L2-normalised image features `(images, feature_dim)`: `(images, target_width)`."""
+        return self.linear2(self.relu(self.linear1(image_features.to(self.linear1.weight.dtype))))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the fusions a config can name
 
@@ -239,6 +289,7 @@ class FusionSide:
         shared_depth (`int`): Number of layers both towers prompt.
         target_depth (`int`): Number of layers the target tower prompts.
         factory (`dict`): `device` and `dtype` of the target tower's weights.
+        image_feature_dim (`int`, *optional*): Width of the model's (projected) image features.
     """
 
     target: str
@@ -247,6 +298,7 @@ class FusionSide:
     shared_depth: int
     target_depth: int
     factory: dict[str, Any]
+    image_feature_dim: int | None = None
 
 
 class Fusion:
@@ -265,6 +317,9 @@ class Fusion:
     #: Whether the vision prompts are computed from the text prompts (no learned vision prompts; vision depth = text
     #: depth).
     derives_vision_prompts: ClassVar[bool] = False
+    #: Whether the text prompts depend on each image (CoCoOp): then the text tower needs text prompts, and the class
+    #: features are encoded per image (never cached).
+    conditions_on_image: ClassVar[bool] = False
 
     @classmethod
     def head_counts(cls, config: MuDPTConfig, widths: dict[str, int]) -> list[tuple[str, int, int]]:
@@ -382,8 +437,24 @@ class CrossAttention(Fusion):
         )
 
 
+class MetaNet(Fusion):
+    """CoCoOp: a meta-net maps each image's features to a shift of the layer-0 text prompts."""
+
+    name = "meta_net"
+    couples = False
+    conditions_on_image = True
+
+    @classmethod
+    def build(cls, config: MuDPTConfig, side: FusionSide) -> nn.Module:
+        if side.target != "text":
+            return NoFusion()
+        if side.image_feature_dim is None:  # the tuner always gives it
+            raise ValueError("The meta-net needs the width of the image features (`FusionSide.image_feature_dim`).")
+        return MetaNetFusion(side.image_feature_dim, side.target_width, **side.factory)
+
+
 #: Every `fusion` a config can name, by name.
 FUSIONS: dict[str, type[Fusion]] = {
     fusion.name: fusion
-    for fusion in (Injection, SharedLinear, PerLayerLinear, TextToVision, NoCoupling, CrossAttention)
+    for fusion in (Injection, SharedLinear, PerLayerLinear, TextToVision, NoCoupling, CrossAttention, MetaNet)
 }

@@ -30,36 +30,50 @@ class PromptSlot:
     """The prompts one tower uses during the current call, shared by that tower's wrappers.
 
     `prompts` has shape `(depth, n_ctx, width)` while the tower runs with an adapter, and is `None` otherwise. `start`
-    is the index of the first prompt token in the sequence, or `None` for "the last `n_ctx` tokens".
+    is the index of the first prompt token in the sequence, or `None` for "the last `n_ctx` tokens". `shift`, of shape
+    `(rows, width)`, is added to every layer-0 prompt token of each row of the batch (CoCoOp's image-conditioned
+    context), or is `None`.
     """
 
-    __slots__ = ("prompts", "start")
+    __slots__ = ("prompts", "shift", "start")
 
     def __init__(self) -> None:
         self.prompts: torch.Tensor | None = None
         self.start: int | None = None
+        self.shift: torch.Tensor | None = None
 
     @contextlib.contextmanager
-    def filled(self, prompts: torch.Tensor, start: int | None) -> Iterator[None]:
-        """Hold `prompts` (placed at `start`) for the duration of the `with` block."""
-        previous = (self.prompts, self.start)
-        self.prompts, self.start = prompts, start
+    def filled(
+        self, prompts: torch.Tensor, start: int | None, shift: torch.Tensor | None = None
+    ) -> Iterator[None]:
+        """Hold `prompts` (placed at `start`) and the per-row layer-0 `shift` for the duration of the `with` block."""
+        previous = (self.prompts, self.start, self.shift)
+        self.prompts, self.start, self.shift = prompts, start, shift
         try:
             yield
         finally:
-            self.prompts, self.start = previous
+            self.prompts, self.start, self.shift = previous
+
+    def first_layer_prompts(self) -> torch.Tensor:
+        """The layer-0 prompts: `(n_ctx, width)`, or `(rows, n_ctx, width)` with a `shift`."""
+        if self.shift is None:
+            return self.prompts[0]
+        return self.prompts[0].unsqueeze(0) + self.shift.to(self.prompts.dtype).unsqueeze(1)
 
 
 def replace_tokens(hidden_states: torch.Tensor, prompts: torch.Tensor, start: int | None) -> torch.Tensor:
-    """Return `hidden_states` with the tokens at `start .. start+n_ctx` (or the last `n_ctx`) replaced by `prompts`.
+    """Return `hidden_states` with the tokens at `start .. start+n_ctx` (or the last `n_ctx`) replaced by `prompts`
+    (`(n_ctx, width)` for every row, or `(rows, n_ctx, width)`, one set per row).
 
     Out of place: transformers keeps references to earlier hidden states for `output_hidden_states`. One
     `slice_scatter` (a copy with the slice written): its backward allocates one tensor of the hidden states' size,
     where a `cat` of slices allocates one per slice and adds them up.
     """
-    length, n_ctx = hidden_states.shape[1], prompts.shape[0]
+    length, n_ctx = hidden_states.shape[1], prompts.shape[-2]
     start = length - n_ctx if start is None else start
-    expanded = prompts.to(hidden_states.dtype).unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
+    expanded = prompts.to(hidden_states.dtype)
+    if expanded.dim() == 2:
+        expanded = expanded.unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
     return hidden_states.slice_scatter(expanded, dim=1, start=start, end=start + n_ctx)
 
 
@@ -234,6 +248,33 @@ class MuDPTTextTower(MuDPTTower):
     def __init__(self, base_layer: nn.Module, spec: FamilySpec) -> None:
         super().__init__(base_layer, spec)
         self.prompt_start = spec.text_prompt_start
+        self._row_shift: torch.Tensor | None = None
+
+    def conditions_on_image(self, adapter_name: str | None = None) -> bool:
+        """Whether the prompts of `adapter_name` (default: the adapter in use) depend on each image (CoCoOp)."""
+        adapter_name = self.prompting_adapter() if adapter_name is None else adapter_name
+        fusion = self.mudpt_fusion[adapter_name] if adapter_name in self.mudpt_fusion else None
+        return bool(getattr(fusion, "conditions_on_image", False))
+
+    def image_shift(self, image_features: torch.Tensor) -> torch.Tensor:
+        """The shift `(images, width)` of the adapter in use for L2-normalised image features (CoCoOp's meta-net)."""
+        adapter_name = self.prompting_adapter()
+        if adapter_name is None or not self.conditions_on_image(adapter_name):
+            raise ValueError("The adapter in use does not condition its text prompts on the image.")
+        return self.mudpt_fusion[adapter_name].shift(image_features)
+
+    @contextlib.contextmanager
+    def conditioned(self, shift: torch.Tensor) -> Iterator[None]:
+        """Within the `with` block, add `shift[r]` `(rows, width)` to the layer-0 prompts of text row `r`.
+
+        An image-conditioned adapter (CoCoOp) encodes text only inside such a block, with one row of `shift` per text
+        row: `shift[r]` is [`~MuDPTTextTower.image_shift`] of the image that row's class prompt is encoded for.
+        """
+        previous, self._row_shift = self._row_shift, shift
+        try:
+            yield
+        finally:
+            self._row_shift = previous
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         adapter_name = self.prompting_adapter()
@@ -243,7 +284,23 @@ class MuDPTTextTower(MuDPTTower):
         inputs = self.spec.widen_text_inputs(
             self.base_layer, prompts.shape[1], named_arguments(self.base_layer, args, kwargs)
         )
-        with self.slot.filled(prompts, self.prompt_start):
+        shift = None
+        if self.conditions_on_image(adapter_name):
+            shift = self._row_shift
+            input_ids = inputs.get(self.spec.text_input_ids_arg)
+            rows = input_ids.shape[0] if input_ids is not None else None
+            if shift is None:
+                raise ValueError(
+                    f"The adapter '{adapter_name}' (CoCoOp) conditions the text prompts on each image, so text "
+                    "features exist only for an image: classify with `mudpt_peft.PromptClassifier` (which encodes "
+                    "the class prompts per image), or encode inside `text_tower.conditioned(shift)`."
+                )
+            if shift.dim() != 2 or shift.shape[0] != rows:
+                raise ValueError(
+                    f"`conditioned(shift)` needs one shift per text row: shape ({rows}, width), got "
+                    f"{tuple(shift.shape)}."
+                )
+        with self.slot.filled(prompts, self.prompt_start, shift):
             return self.base_layer(**inputs)
 
 
@@ -289,7 +346,7 @@ class MuDPTTextTokenEmbedding(MuDPTLayer):
         embeddings = self.base_layer(input_ids, *args, **kwargs)
         if self.slot.prompts is None:
             return embeddings
-        return replace_tokens(embeddings, self.slot.prompts[0], self.slot.start)
+        return replace_tokens(embeddings, self.slot.first_layer_prompts(), self.slot.start)
 
 
 class MuDPTVisionEmbeddings(MuDPTLayer):

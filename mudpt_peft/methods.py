@@ -69,6 +69,10 @@ _ROWS = (
     Method("coop", {"text_prompts": True, "vision_prompts": False, "fusion": "none", "depth": 1, "n_ctx": 16},
            {"learning_rate": 0.002, "num_train_epochs": 200, "per_device_train_batch_size": 32},
            official="KaiyangZhou/CoOp trainers/coop.py", n_ctx_with_ctx_init=4),
+    # the official base-to-new config `vit_b16_c4_ep10_batch1_ctxv1.yaml`: pass ctx_init="a photo of a" for it
+    Method("cocoop", {"text_prompts": True, "vision_prompts": False, "fusion": "meta_net", "depth": 1, "n_ctx": 4},
+           {"learning_rate": 0.002, "num_train_epochs": 10, "per_device_train_batch_size": 1},
+           official="KaiyangZhou/CoOp trainers/cocoop.py", n_ctx_with_ctx_init=4),
     Method("vpt", {"text_prompts": False, "vision_prompts": True, "fusion": "none", "depth": 12, "vision_n_ctx": 8},
            {"learning_rate": 0.0025, **_SGD_5}, official=_MMPL + "vpt.py"),
     Method("ivlp", {"fusion": "none", "depth": 9, "n_ctx": 2}, {"learning_rate": 0.0035, **_SGD_5},
@@ -87,6 +91,7 @@ _ROWS = (
 )  # fmt: skip
 
 #: Every method, by name. Recipes: the official ones where they exist (CoOp: `configs/trainers/CoOp/vit_b16*.yaml`;
+#: CoCoOp: `configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1*.yaml`;
 #: IVLP, MaPLe, VPT: the MaPLe repository's `configs/trainers/*/vit_b16_c2_ep5_batch4_*.yaml`; MuDPT: the MuDPT
 #: paper), kept where a learning-rate sweep on the embedded tiny CLIP confirmed them (within 1 point of the best of
 #: 0.5x / 1x / 2x, see docs/train.md); the measured best for the methods without an official recipe.

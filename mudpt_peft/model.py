@@ -134,7 +134,7 @@ class MuDPTModel(BaseTuner):
         # without the device it is given
         with init_empty_weights() if low_cpu_mem_usage else contextlib.nullcontext():
             learned = _init_prompts(config, geometry, towers, init_ids, on_meta=low_cpu_mem_usage)
-            fusions = _make_fusions(config, geometry, towers, on_meta=low_cpu_mem_usage)
+            fusions = _make_fusions(config, geometry, towers, on_meta=low_cpu_mem_usage, model=model)
             for modality, tower in towers.items():
                 tower.update_layer(
                     adapter_name, learned[modality], fusions[modality], inference_mode=config.inference_mode
@@ -467,12 +467,26 @@ def _init_prompts(
     return learned
 
 
+def image_feature_dim(model: nn.Module, geometry: dict[str, int]) -> int:
+    """The width of the model's image features: the output of its `visual_projection` (CLIP's projection dim), or
+    the vision width for a family without one (SigLIP pools to the vision width)."""
+    projection = getattr(model, "visual_projection", None)
+    if isinstance(projection, nn.Linear):
+        return projection.out_features
+    return geometry["vision_width"]
+
+
 def _make_fusions(
-    config: MuDPTConfig, geometry: dict[str, int], towers: dict[str, MuDPTTower], on_meta: bool = False
+    config: MuDPTConfig,
+    geometry: dict[str, int],
+    towers: dict[str, MuDPTTower],
+    on_meta: bool = False,
+    model: nn.Module | None = None,
 ) -> dict[str, nn.Module]:
     """The fusion module of each prompted tower, built by the config's [`~mudpt_peft.fusion.Fusion`] (on the meta
     device when `on_meta`)."""
     fusion = FUSIONS[config.fusion]
+    feature_dim = image_feature_dim(model, geometry) if model is not None else None
     widths = {"text": geometry["text_width"], "vision": geometry["vision_width"]}
     depths = {"text": config.resolved_text_depth, "vision": config.resolved_vision_depth}
     shared_depth = min(depths.values())
@@ -480,7 +494,7 @@ def _make_fusions(
     for target in towers:
         source = "vision" if target == "text" else "text"
         factory = _factory(towers[target], on_meta)
-        side = FusionSide(target, widths[source], widths[target], shared_depth, depths[target], factory)
+        side = FusionSide(target, widths[source], widths[target], shared_depth, depths[target], factory, feature_dim)
         modules[target] = fusion.build(config, side)
     return modules
 

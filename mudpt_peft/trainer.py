@@ -59,6 +59,7 @@ def default_training_arguments(
     | `"mudpt"` | SGD | 0.0025 | 10 | 4 |
     | `"mudpt-linear"`, `"mudpt-linear-v1"` | SGD | 0.005 (measured) | 10 | 4 |
     | `"cross-attention"` | SGD | 0.00125 (measured) | 10 | 4 |
+    | `"cocoop"` | SGD | 0.002 | 10 | 1 |
 
     Every recipe uses SGD (momentum 0.9, weight decay 5e-4), a cosine schedule with one warm-up epoch (a linear
     warm-up over the first `1 / epochs` of the steps; none with a single epoch), no gradient clipping, an evaluation
@@ -372,8 +373,22 @@ class PromptTuningTrainer(Trainer):
         """Logits of the images against freshly encoded class prompts, through `model`'s (e.g. DDP's) own forward.
 
         This is what `PromptClassifier` computes in training mode (`logit_scale · cos(image, class)` + any
-        `logit_bias`), but as one call of the wrapped model, so that DDP / FSDP see the forward pass."""
+        `logit_bias`), but as one call of the wrapped model, so that DDP / FSDP see the forward pass. An
+        image-conditioned adapter (CoCoOp) encodes the class prompts per image, through the classifier: one process
+        only."""
         device = pixel_values.device
+        if self.classifier.conditioned_text_tower() is not None:
+            if model is not self.model:
+                raise ValueError(
+                    "An image-conditioned adapter (CoCoOp) encodes its class prompts per image through the "
+                    "PromptClassifier, not through the wrapped model's forward, so it trains on one process only "
+                    "(no DDP / FSDP)."
+                )
+            if not self.classifier.training:
+                self.classifier.train()
+            if self.classifier.class_input_ids.device != device:
+                self.classifier.to(device)
+            return self.classifier(pixel_values=pixel_values)
         output = model(
             input_ids=self.classifier.class_input_ids.to(device),
             attention_mask=self.classifier.class_attention_mask.to(device),

@@ -806,3 +806,72 @@ def load_into_tuner(method: str, peft_model, state: dict[str, torch.Tensor], ada
             )
     else:
         raise ValueError(f"no official prompts for {method!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CoCoOp (`KaiyangZhou/CoOp` `trainers/cocoop.py`): CoOp's context shifted per image by a meta-net
+# --------------------------------------------------------------------------------------------------------------------
+
+#: The official keys of CoCoOp's prompt learner (Dassl saves the prompt learner alone, so without a prefix).
+COCOOP_KEYS = ("ctx", "meta_net.linear1.weight", "meta_net.linear1.bias", "meta_net.linear2.weight",
+               "meta_net.linear2.bias")  # fmt: skip
+
+
+def make_cocoop_state(clip_openai: dict[str, torch.Tensor], n_ctx: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random CoCoOp prompt-learner parameters under the official keys, fp32: `ctx` (n, w_t), the meta-net
+    `linear1` (embed_dim // 16, embed_dim) and `linear2` (w_t, embed_dim // 16), and the frozen `token_prefix` /
+    `token_suffix` buffers a checkpoint also holds (random here: the forward never reads them from a checkpoint)."""
+    g = openai_geometry(clip_openai)
+    w_t, embed_dim = g["text_width"], g["embed_dim"]
+    hidden = embed_dim // 16
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int, std: float) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * std
+
+    return {
+        "ctx": randn(n_ctx, w_t, std=0.5),
+        "meta_net.linear1.weight": randn(hidden, embed_dim, std=embed_dim**-0.5),
+        "meta_net.linear1.bias": randn(hidden, std=0.5),
+        # large enough that the shift moves the logits well past the test tolerance
+        "meta_net.linear2.weight": randn(w_t, hidden, std=2.0),
+        "meta_net.linear2.bias": randn(w_t, std=0.5),
+        "token_prefix": randn(3, 1, w_t, std=1.0),
+        "token_suffix": randn(3, 5, w_t, std=1.0),
+    }
+
+
+def official_cocoop_logits(
+    openai_clip: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor],
+    text_token_ids: torch.Tensor,
+    pixel_values: torch.Tensor,
+) -> torch.Tensor:
+    """`logits` (images, classes) of the official CoCoOp `CustomCLIP.forward`, in fp32.
+
+    The image features `x` are L2-normalised *before* the meta-net: `π(x) = linear2(relu(linear1(x)))`, added to
+    every one of the n context vectors; for each image `i` the class prompts [SOS, ctx + π(x_i), class, EOT] are
+    encoded, normalised, and `logit_scale.exp() * x_i @ t_i^T` gives row `i`. `text_token_ids` are the official
+    "X X ... X classname." ids (`official_token_ids`).
+    """
+    image = _encode_image(openai_clip, pixel_values, None, {})
+    image = image / image.norm(dim=-1, keepdim=True)
+    hidden = (_linear(image, state, "meta_net.linear1")).clamp_min(0)
+    shift = _linear(hidden, state, "meta_net.linear2")  # (images, w_t)
+    rows = []
+    for image_i, shift_i in zip(image, shift, strict=True):
+        text = _encode_text(openai_clip, text_token_ids, state["ctx"] + shift_i, {})
+        text = text / text.norm(dim=-1, keepdim=True)
+        rows.append(openai_clip["logit_scale"].exp() * image_i @ text.T)
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def load_cocoop_into_tuner(peft_model, state: dict[str, torch.Tensor], adapter_name: str = "default") -> None:
+    """Copy official CoCoOp parameters into a `MuDPTConfig.for_method("cocoop")` adapter, by hand: `ctx` into the
+    text prompts `(1, n, w_t)`, the meta-net into the text tower's fusion module (`linear1`, `linear2`)."""
+    text = peft_model.base_model.model.text_model
+    text.mudpt_prompts[adapter_name].copy_(state["ctx"].unsqueeze(0))
+    meta_net = text.mudpt_fusion[adapter_name]
+    _copy_params(meta_net.linear1, state, "meta_net.linear1")
+    _copy_params(meta_net.linear2, state, "meta_net.linear2")

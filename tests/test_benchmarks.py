@@ -100,3 +100,13 @@ def test_imagenet_load_prints_the_timings_and_row_counts():
     counts = [cells[1].strip() for cells in rows.values()]
     assert counts == ["15 + 10 + 10", "15", "9"], output  # 3 shots of 5 classes; base: the first 3 classes
     assert all(re.fullmatch(r"\d+\.\d{3}", cells[0].strip()) for cells in rows.values()), output
+
+
+def test_perf_cocoop_prints_the_peak_memory_table():
+    arguments = ("--shape", "smoke", "--classes", "10", "--batch_sizes", "1,2", "--chunks", "8,all")
+    output = run_script("perf_cocoop.py", *arguments)
+    rows = table_rows(section(output, "## Peak memory of the class encoding"), "cocoop")
+    assert [(row[2], row[3], row[4]) for row in rows] == [("1", "8", "8"), ("1", "all", "10"), ("2", "8", "8"),
+                                                          ("2", "all", "20")]  # fmt: skip
+    assert all(re.fullmatch(r"\*\*[\d,]+ MiB\*\*", row[7]) for row in rows)
+    assert len(table_rows(section(output, "## Peak memory of the class encoding"), "coop")) == 1

@@ -372,6 +372,7 @@ def test_convert_puts_every_tensor_in_place(tmp_path, method, make, expected_con
 
 def test_every_official_method_is_covered():
     methods = {case[1][0] if isinstance(case[1], tuple) else case[1] for case in CASES}
+    methods.add("cocoop")  # its logits need a PromptClassifier (text features per image): tests/test_cocoop.py
     assert {method.lower().replace("_", "-") for method in methods} == set(OFFICIAL_METHODS)
 
 
@@ -489,7 +490,7 @@ def _with(official: Official, changes: dict[str, torch.Tensor | None]) -> dict:
 
 
 ERRORS = [
-    ("unknown-method", lambda: maple().checkpoint(), "cocoop", r"Unknown method 'cocoop'; choose one of coop, vpt"),
+    ("unknown-method", lambda: maple().checkpoint(), "lora", r"Unknown method 'lora'; choose one of coop, cocoop, vpt"),
     (
         "missing-key",
         lambda: _with(maple(), {"prompt_learner.proj.weight": None}),

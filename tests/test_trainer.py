@@ -245,7 +245,7 @@ def test_default_training_arguments(tmp_path):
     assert [default_training_arguments("coop", str(tmp_path), shots=k).num_train_epochs for k in (1, 2, 4, 8, 16)] == [
         50, 100, 100, 200, 200,
     ]  # fmt: skip
-    methods = {"coop", "vpt", "ivlp", "maple", "mudpt", "mudpt-linear", "mudpt-linear-v1", "cross-attention"}
+    methods = {"coop", "vpt", "ivlp", "maple", "mudpt", "mudpt-linear", "mudpt-linear-v1", "cross-attention", "cocoop"}
     assert set(TRAINING_RECIPES) == methods
     custom = default_training_arguments("mudpt", str(tmp_path), num_train_epochs=4, optim="adamw_torch", report_to=[])
     assert custom.num_train_epochs == 4 and custom.warmup_steps == pytest.approx(0.25)
