@@ -60,7 +60,8 @@ class Protocol:
             [`~mudpt_peft.benchmark_datasets.protocol_splits`]).
         recipes (`str`, *optional*): The protocol whose recipes it uses (domain generalisation evaluates the
             cross-dataset protocol's ImageNet adapters); defaults to its own name.
-        tables (`str`): The papers' tables it reproduces.
+        tables (`str`): The papers' tables it reproduces (the table numbers as CoOp's README.md and COCOOP.md give
+            them).
     """
 
     name: str
@@ -84,13 +85,13 @@ class Protocol:
 
 _PROTOCOLS = (
     Protocol("fewshot", "Few-shot learning", ELEVEN_DATASETS, (1, 2, 4, 8, 16),
-             tables="CoOp (IJCV 2022) Figure 3; MuDPT's few-shot comparison"),
+             tables="CoOp (IJCV 2022) few-shot learning on 11 datasets; MuDPT's few-shot comparison"),
     Protocol("base2new", "Base-to-new generalisation", ELEVEN_DATASETS, (16,), subsample="base",
-             tables="CoCoOp (CVPR 2022) Table 1, MaPLe (CVPR 2023) Table 1, PromptSRC (ICCV 2023) Table 1"),
+             tables="CoCoOp (CVPR 2022) Table 1; the base-to-novel tables of MaPLe and PromptSRC"),
     Protocol("cross_dataset", "Cross-dataset transfer", ELEVEN_DATASETS[1:], (16,), source="imagenet",
-             tables="CoCoOp Table 2, MaPLe Table 2"),
+             tables="CoCoOp Table 2; MaPLe's cross-dataset table"),
     Protocol("domain_generalization", "Domain generalisation", IMAGENET_VARIANTS, (16,), source="imagenet",
-             recipes="cross_dataset", tables="CoOp Table 1, CoCoOp Table 3, MaPLe Table 3"),
+             recipes="cross_dataset", tables="CoOp Table 1, CoCoOp Table 3; MaPLe's domain generalisation table"),
 )  # fmt: skip
 
 #: The protocols by name: `fewshot`, `base2new`, `cross_dataset`, `domain_generalization`.
@@ -222,25 +223,34 @@ _MAPLE_XD = (
     f"{_MMPL} configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml (depth 3, LR 0.0026, 2 epochs, "
     "batch 4), scripts/maple/xd_train_maple.sh, xd_test_maple.sh (--load-epoch 2, also for the ImageNet variants)"
 )
-_MUDPT_FEWSHOT = (
-    f"{_MUDPT} scripts/mudpt/run_b16_cls.sh (shots 16 8 4 2 1, seeds 3 2 1), "
-    "configs/trainers/MuDPT/vit_b16_bz4_ep10_nctx4_depth9.yaml (SGD, LR 0.0025, 10 epochs, batch 4), "
-    "trainers/uumudpt.py (prompt: the first N_CTX words of CTX_INIT 'a photo of a', then '{name}.')"
-)
-_MUDPT_B2N = (
-    f"{_MUDPT} scripts/mudpt/train_base2new.sh, test_base2new.sh (--load_epoch 10), "
-    "configs/trainers/MuDPT/vit_b16_bz4_ep10_nctx4_depth9.yaml (LR 0.0025, 10 epochs, batch 4)"
-)
-_MUDPT_XD = (
-    f"{_MUDPT} scripts/mudpt/xd_test1.sh and mudpt_eval.sh (CFG=vit_b16_bz4_ep5_nctx2_depth9, --load_epoch 5); "
-    "that file is configs/trainers/UMuDPT/vit_b16_bz4_ep5_nctx2_depth9.yaml (LR 0.0025, 5 epochs, batch 4, 2 prompts, "
-    "depth 9); configs/trainers/MuDPT/ has no such file"
-)
+_MUDPT_SCRIPTS = {
+    "fewshot": "scripts/mudpt/run_b16_cls.sh (shots 16 8 4 2 1, seeds 3 2 1) names configs/trainers/MuDPT/"
+    "vit_b16_bz4_ep10_nctx4_depth9.yaml (SGD, LR 0.0025, 10 epochs, batch 4)",
+    "base2new": "scripts/mudpt/train_base2new.sh and test_base2new.sh (--load_epoch 10) name configs/trainers/MuDPT/"
+    "vit_b16_bz4_ep10_nctx4_depth9.yaml (LR 0.0025, 10 epochs, batch 4)",
+    "cross_dataset": "scripts/mudpt/xd_test1.sh and mudpt_eval.sh (--load_epoch 5) name vit_b16_bz4_ep5_nctx2_depth9, "
+    "which is configs/trainers/UMuDPT/vit_b16_bz4_ep5_nctx2_depth9.yaml (LR 0.0025, 5 epochs, batch 4; "
+    "configs/trainers/MuDPT/ has no such file)",
+}
+
+
+def _mudpt_source(protocol: str, trainer: str) -> str:
+    return (
+        f"{_MUDPT} {_MUDPT_SCRIPTS[protocol]}; the scripts set TRAINER=MuDPT, the class of trainers/mudpt.py; "
+        f"prompt as {trainer} builds it (the first N_CTX words of CTX_INIT 'a photo of a', then '{{name}}.')"
+    )
+
+
 _MUDPT_NOTE = (
-    "n_ctx and depth are the preset's (2, 9): the official scripts name an nctx4 config for this protocol, but its "
-    "TRAINER.MAPLE section is read by neither trainers/uumudpt.py (TRAINER.UUMUDPT: N_CTX 2, DEEP_PROMPT_DEPTH 8 by "
-    "default in train.py) nor trainers/mudpt.py, so the settings of the published runs cannot be read off the "
-    "repository; only its OPTIM section is used."
+    "n_ctx and depth are the preset's (2, 9): the official configs' TRAINER.MAPLE section (N_CTX 4 in the config the "
+    "few-shot and base-to-new scripts name, 2 in the transfer one; DEEP_PROMPT_DEPTH 9) is read by neither "
+    "trainers/mudpt.py (TRAINER.MUDPT) nor trainers/uumudpt.py (TRAINER.UUMUDPT; both N_CTX 2 and "
+    "DEEP_PROMPT_DEPTH 8 by default in train.py), and train.py defines no TRAINER.MAPLE, so the published runs' "
+    "prompt settings cannot be read off the repository; the configs' OPTIM and DATALOADER sections are used"
+)
+_INJECTION_NOTE = (
+    "no official script runs trainers/uumudpt.py (the Injection Model of the paper, this preset): the MuDPT "
+    "scripts run trainers/mudpt.py (the `mudpt-linear` preset); their recipe is used for the paper's method. "
 )
 _NO_FEWSHOT = (
     "no official few-shot config (the method's repository trains base-to-new, cross-dataset and domain "
@@ -281,13 +291,15 @@ _ROWS: list[ProtocolRecipe] = [
                    _MAPLE + ", scripts/maple/base2new_train_maple.sh", config=_A_PHOTO),
     ProtocolRecipe("cross_dataset", "maple", {"learning_rate": 0.0026, "num_train_epochs": 2, **_SGD4}, "of a {}.",
                    _MAPLE_XD, config={**_A_PHOTO, "depth": 3}),
-    # MuDPT (the Injection Model, trainers/uumudpt.py)
-    ProtocolRecipe("fewshot", "mudpt", {"learning_rate": 0.0025, "num_train_epochs": 10, **_SGD4}, "{}.",
-                   _MUDPT_FEWSHOT, config=_A_PHOTO, note=_MUDPT_NOTE),
-    ProtocolRecipe("base2new", "mudpt", {"learning_rate": 0.0025, "num_train_epochs": 10, **_SGD4}, "{}.",
-                   _MUDPT_B2N, config=_A_PHOTO, note=_MUDPT_NOTE),
-    ProtocolRecipe("cross_dataset", "mudpt", {"learning_rate": 0.0025, "num_train_epochs": 5, **_SGD4}, "{}.",
-                   _MUDPT_XD, config=_A_PHOTO),
+    # MuDPT: the scripts' recipe, for the linear variant they run and for the Injection Model of the paper
+    *(ProtocolRecipe(protocol, "mudpt", {"learning_rate": 0.0025, "num_train_epochs": epochs, **_SGD4}, "{}.",
+                     _mudpt_source(protocol, "trainers/uumudpt.py"), official=False, config=_A_PHOTO,
+                     note=_INJECTION_NOTE + _MUDPT_NOTE)
+      for protocol, epochs in (("fewshot", 10), ("base2new", 10), ("cross_dataset", 5))),
+    *(ProtocolRecipe(protocol, "mudpt-linear", {"learning_rate": 0.0025, "num_train_epochs": epochs, **_SGD4}, "{}.",
+                     _mudpt_source(protocol, "trainers/mudpt.py"), config=_A_PHOTO,
+                     note="the learning rate is the scripts' 0.0025, not the preset's measured 0.005; " + _MUDPT_NOTE)
+      for protocol, epochs in (("fewshot", 10), ("base2new", 10), ("cross_dataset", 5))),
 ]  # fmt: skip
 
 
@@ -310,7 +322,7 @@ def _preset_rows() -> list[ProtocolRecipe]:
                     + (f"; prompt as {method.official} builds it" if mudpt_code else ""),
                     official=False,
                     config=_A_PHOTO if mudpt_code else {},
-                    note=f"no official config for this protocol: the preset's recipe (docs/train.md) is used, "
+                    note=f"no official config is cited for this method: the preset's recipe (docs/train.md) is used, "
                     f"{'with the prompt of its official code' if mudpt_code else 'with the package default prompt'}",
                 )
             )

@@ -229,11 +229,13 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise ValueError("Nothing to run: give --methods and/or --zero-shot.")
     if args.root is None and not args.dry_run:
         raise ValueError("--root (the benchmark data root, CoOp's $DATA) is required, except with --dry-run.")
+    import torch
+
     device = args.device
     if device == "auto":
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available() and not args.dry_run:
+        raise ValueError("--device cuda: torch sees no CUDA device here; use --device cpu (or auto).")
     return Settings(
         protocol=protocol,
         datasets=datasets,
@@ -258,7 +260,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 # the runs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PlannedRun:
     """One training (or zero-shot evaluation) and the datasets it is evaluated on.
 
@@ -465,7 +467,7 @@ def _describe(settings: Settings, runs: Sequence[PlannedRun], store: RunStore) -
         "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for number, run in enumerate(runs, 1):
-        status = "done" if run not in pending else "pending"
+        status = "pending" if any(run is other for other in pending) else "done"
         evaluated = ", ".join(BENCHMARKS[d].title for d in run.datasets)
         seed = "–" if run.seed is None else str(run.seed)
         if run.recipe is None:

@@ -6,7 +6,9 @@ exact markdown and CSV for fixed records."""
 from __future__ import annotations
 
 import json
+import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +16,7 @@ from mudpt_peft import MuDPTConfig
 from mudpt_peft import reproduce as reproduce_module
 from mudpt_peft.benchmark_datasets import BENCHMARKS
 from mudpt_peft.methods import METHODS
-from mudpt_peft.protocols import PROTOCOLS, RECIPES, recipe_for, training_steps
+from mudpt_peft.protocols import ELEVEN_DATASETS, PROTOCOLS, RECIPES, recipe_for, training_steps
 from mudpt_peft.reproduce import RunStore, main
 from mudpt_peft.tables import MATPLOTLIB_MISSING, format_tables, plot_fewshot, write_tables
 
@@ -32,6 +34,7 @@ from .helpers import (
 # tiny models: one thread (several threads on the shared cores make each step many times slower)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+ROOT = Path(__file__).resolve().parents[1]
 #: class names the tiny tokenizer spells letter by letter
 NAMES = ["cat", "dog", "zebra", "fox"]
 WNIDS = ["n01000001", "n02000002", "n03000003", "n04000004"]
@@ -282,7 +285,7 @@ def test_the_command_has_a_help_and_a_console_script(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     assert "{fewshot,base2new,cross_dataset,domain_generalization}" in capsys.readouterr().out
-    pyproject = (reproduce_module.Path(reproduce_module.__file__).parents[1] / "pyproject.toml").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'mudpt-reproduce = "mudpt_peft.reproduce:main"' in pyproject
 
 
@@ -323,6 +326,10 @@ def test_the_recipes_follow_the_official_configs():
     assert facts("base2new", "vpt")[:3] == (0.0025, 5, 4) and facts("base2new", "vpt")[-1] == "a photo of a {}."
     assert [facts(p, "mudpt")[1] for p in ("fewshot", "base2new", "cross_dataset")] == [10, 10, 5]
     assert facts("fewshot", "mudpt")[3:] == (2, 9, "a photo", "{}.")
+    # the MuDPT scripts run trainers/mudpt.py (`mudpt-linear`); the Injection Model (`mudpt`) gets their recipe too
+    assert [facts(p, "mudpt-linear")[:2] for p in ("fewshot", "cross_dataset")] == [(0.0025, 10), (0.0025, 5)]
+    assert RECIPES[("base2new", "mudpt-linear")].official and not RECIPES[("base2new", "mudpt")].official
+    assert "no official script runs trainers/uumudpt.py" in RECIPES[("base2new", "mudpt")].note
     assert not RECIPES[("fewshot", "maple")].official and RECIPES[("base2new", "maple")].official
     assert not RECIPES[("cross_dataset", "cross-attention")].official
     assert "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml" in RECIPES[
@@ -602,3 +609,44 @@ def test_the_cross_dataset_and_domain_generalization_tables():
     assert format_tables("domain_generalization", _transfer_records()) == (GENERALISATION_MD, GENERALISATION_CSV)
     with pytest.raises(ValueError, match=r"Unknown protocol 'xd'"):
         format_tables("xd", [])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the guide states the recipe table and the step counts as the code has them
+
+
+def _recipe_table() -> str:
+    lines = ["| protocol | method | official | LR | epochs | batch | preset overrides | template |",
+             "| --- | --- | --- | ---: | --- | ---: | --- | --- |"]  # fmt: skip
+    for (protocol, method), row in RECIPES.items():
+        training = row.training
+        if row.epochs_by_shots:
+            epochs = ", ".join(f"{e} (≤ {k} shot{'s' * (k != 1)})" for k, e in row.epochs_by_shots)
+        else:
+            epochs = str(training["num_train_epochs"])
+        epochs += "".join(f"; {BENCHMARKS[d].title}: {v['num_train_epochs']}" for d, v in row.dataset_training.items())
+        overrides = ", ".join(f"`{k}={v!r}`" for k, v in row.config.items()) or "–"
+        official, batch = "yes" if row.official else "no", training["per_device_train_batch_size"]
+        lines.append(f"| {protocol} | {method} | {official} | {training['learning_rate']} | {epochs} | {batch} | "
+                     f"{overrides} | `{row.template}` |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def test_the_guide_has_the_recipe_table_and_the_step_counts_of_the_code():
+    guide = (ROOT / "docs" / "reproduce.md").read_text()
+    assert _recipe_table() in guide
+    for dataset in ELEVEN_DATASETS:
+        classes = BENCHMARKS[dataset].num_classes
+        cells = []
+        for protocol, trained in (("fewshot", classes), ("base2new", math.ceil(classes / 2))):
+            steps = {}
+            for method in ("coop", "vpt", "ivlp", "maple", "mudpt"):
+                training = recipe_for(protocol, method, dataset, 16).training
+                steps[method] = training_steps(
+                    trained * 16, training["per_device_train_batch_size"], training["num_train_epochs"]
+                )
+            assert steps["vpt"] == steps["ivlp"] == steps["maple"]
+            cells += [f"{steps[m]:,}" for m in ("coop", "maple", "mudpt")]
+        row = f"| {BENCHMARKS[dataset].title} | {classes} ({math.ceil(classes / 2)}) | " + " | ".join(cells) + " |"
+        assert row in guide, row
+    assert "Reproduce the papers' tables: reproduce.md" in (ROOT / "mkdocs.yml").read_text()
