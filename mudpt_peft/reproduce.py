@@ -128,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="template",
         choices=["template", "ensemble"],
-        help="also evaluate zero-shot CLIP: with each dataset's CoOp template (`--zero-shot`, the papers' CLIP rows) "
-        "or CoOp's prompt ensemble (`--zero-shot ensemble`)",
+        help="also evaluate zero-shot CLIP: with each dataset's CoOp template (`--zero-shot`: CoOp's ZeroshotCLIP, "
+        "which every official zero-shot script runs) or CoOp's prompt ensemble (`--zero-shot ensemble`)",
     )
     parser.add_argument("--max-steps", type=int, help="stop each training after this many steps (smoke runs)")
     parser.add_argument("--no-save-adapters", action="store_true", help="do not keep each run's adapter")
@@ -594,8 +594,10 @@ class _Session:
         bar = tqdm(total=len(runs), initial=skipped, desc=protocol, unit="run", file=sys.stderr, dynamic_ncols=True)
         try:
             for run in pending:
-                seed = "" if run.seed is None else f" seed {run.seed}"
-                bar.set_postfix_str(f"{run.trained_on or 'zero-shot'} {run.method}{seed} {run.shots} shots")
+                if run.zero_shot:
+                    bar.set_postfix_str(f"{run.method} on {len(run.datasets)} dataset(s)")
+                else:
+                    bar.set_postfix_str(f"{run.trained_on} {run.method} seed {run.seed}, {run.shots} shots")
                 self._one(run, store)
                 _release()
                 self._tables(store)
@@ -623,6 +625,7 @@ class _Session:
             return
         adapter_dir = self._adapter_dir(run)
         started = time.perf_counter()
+        checkpoint = False
         if (adapter_dir / "adapter_config.json").is_file():  # trained before; its evaluations were interrupted
             model = self._load_adapter(adapter_dir)
             info = {"adapter_reloaded": True, "adapter_config": _json_safe(model.peft_config["default"].to_dict())}
@@ -630,6 +633,7 @@ class _Session:
             model, info = self._train(run)
             if len(todo) > 1:  # a transfer run: kept until every target is evaluated, so a rerun need not train
                 _save(model, adapter_dir)
+                checkpoint = True
         if self.settings.save_adapters:
             info["adapter"] = adapter_dir.relative_to(self.settings.output).as_posix()
         train_seconds = time.perf_counter() - started
@@ -641,7 +645,7 @@ class _Session:
             store.append(self._record(run, dataset, metrics, seconds, info))
         if self.settings.save_adapters:
             _save(model, adapter_dir)  # with the evaluations in its model card
-        elif adapter_dir.exists():
+        elif checkpoint:  # --no-save-adapters: only the checkpoint this run wrote goes, never an earlier run's adapter
             shutil.rmtree(adapter_dir)
 
     # --------------------------------------------------------------------------------------------------------------

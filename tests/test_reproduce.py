@@ -15,10 +15,12 @@ import pytest
 from mudpt_peft import MuDPTConfig
 from mudpt_peft import reproduce as reproduce_module
 from mudpt_peft.benchmark_datasets import BENCHMARKS
+from mudpt_peft.evaluation import harmonic_mean
 from mudpt_peft.methods import METHODS
 from mudpt_peft.protocols import ELEVEN_DATASETS, PROTOCOLS, RECIPES, recipe_for, training_steps
 from mudpt_peft.reproduce import RunStore, main
 from mudpt_peft.tables import MATPLOTLIB_MISSING, format_tables, plot_fewshot, write_tables
+from mudpt_peft.templates import IMAGENET_7_TEMPLATES
 
 from .helpers import (
     TOKENIZER_EOS_ID,
@@ -177,7 +179,8 @@ def test_base2new_trains_on_the_base_classes_and_tests_base_and_new(bench, tmp_p
 def test_a_changed_recipe_is_refused_with_the_runs_named(bench, tmp_path, trainings, capsys):
     output = tmp_path / "out"
     arguments = ["--datasets", "eurosat", "--methods", "coop", "--seeds", "1", "--shots", "1"]
-    assert main(_args(bench, output, "fewshot", *arguments)) == 0
+    assert main(_args(bench, output, "fewshot", *arguments, "--no-save-adapters")) == 0
+    assert not (output / "adapters").exists() and "adapter" not in _records(output)[0]
     changed = [*_args(bench, output, "fewshot", *arguments), "--max-steps", "2"]
     capsys.readouterr()
     assert main(changed) == 2
@@ -185,6 +188,15 @@ def test_a_changed_recipe_is_refused_with_the_runs_named(bench, tmp_path, traini
     assert "runs.jsonl holds 1 run(s) made with another recipe" in error
     assert "fewshot eurosat coop, seed 1, 1 shots: recorded" in error and "pass another --output" in error
     assert trainings["count"] == 1 and len(_records(output)) == 1
+
+
+def test_zero_shot_alone_with_coop_s_prompt_ensemble(bench, tmp_path, trainings):
+    output = tmp_path / "out"
+    assert main(_args(bench, output, "fewshot", "--datasets", "eurosat", "--methods", "--zero-shot", "ensemble")) == 0
+    (record,) = _records(output)
+    assert trainings["count"] == 0 and record["method"] == "zero-shot-ensemble" and record["seed"] is None
+    assert record["templates"] == [*IMAGENET_7_TEMPLATES, "a centered satellite photo of {}."]
+    assert "| zero-shot-ensemble | " in (output / "fewshot.md").read_text()
 
 
 def test_cross_dataset_then_domain_generalization_evaluates_the_same_imagenet_adapter(bench, tmp_path, trainings):
@@ -650,3 +662,11 @@ def test_the_guide_has_the_recipe_table_and_the_step_counts_of_the_code():
         row = f"| {BENCHMARKS[dataset].title} | {classes} ({math.ceil(classes / 2)}) | " + " | ".join(cells) + " |"
         assert row in guide, row
     assert "Reproduce the papers' tables: reproduce.md" in (ROOT / "mkdocs.yml").read_text()
+
+
+def test_the_published_base_to_new_averages_follow_the_harmonic_mean_of_the_averages():
+    guide = (ROOT / "docs" / "reproduce.md").read_text()
+    published = re.findall(r"^\| ([^|]+?) \| (\d+\.\d\d) \| (\d+\.\d\d) \| (\d+\.\d\d) \| [^|]+ \|", guide, re.M)
+    assert len(published) == 7 and published[0][0] == "CLIP (zero-shot)" and published[-1][0] == "PromptSRC"
+    for method, base, new, hm in published:
+        assert f"{harmonic_mean(float(base), float(new)):.2f}" == hm, method
