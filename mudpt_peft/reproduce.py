@@ -457,6 +457,7 @@ def _conflict_message(store: RunStore, conflicts: Sequence[tuple[PlannedRun, dic
 def _describe(settings: Settings, runs: Sequence[PlannedRun], store: RunStore) -> str:
     protocol = settings.protocol
     pending = [run for run in runs if len(store.done(run)) < len(run.datasets)]
+    conflicting = {id(run) for run, _ in store.conflicts(runs)}
     lines = [
         f"{protocol.name} ({protocol.title}; {protocol.tables}): {len(runs)} runs, {len(runs) - len(pending)} done, "
         f"backbone {settings.backbone}, output {settings.output}",
@@ -468,6 +469,8 @@ def _describe(settings: Settings, runs: Sequence[PlannedRun], store: RunStore) -
     ]
     for number, run in enumerate(runs, 1):
         status = "pending" if any(run is other for other in pending) else "done"
+        if id(run) in conflicting:
+            status = "recorded with another recipe"
         evaluated = ", ".join(BENCHMARKS[d].title for d in run.datasets)
         seed = "–" if run.seed is None else str(run.seed)
         if run.recipe is None:

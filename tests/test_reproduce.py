@@ -188,6 +188,10 @@ def test_a_changed_recipe_is_refused_with_the_runs_named(bench, tmp_path, traini
     assert "runs.jsonl holds 1 run(s) made with another recipe" in error
     assert "fewshot eurosat coop, seed 1, 1 shots: recorded" in error and "pass another --output" in error
     assert trainings["count"] == 1 and len(_records(output)) == 1
+    assert main([*changed, "--dry-run"]) == 0
+    assert "| 1 | EuroSAT | EuroSAT | coop | 1 | 1 | 50 | 0.002 | 32 | 2 | 64 | recorded with another recipe |" in (
+        capsys.readouterr().out
+    )
 
 
 def test_zero_shot_alone_with_coop_s_prompt_ensemble(bench, tmp_path, trainings):
