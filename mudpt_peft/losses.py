@@ -223,7 +223,8 @@ class GaussianPromptAggregation(TrainerCallback):
 
     The sum and the count of aggregated epochs are [`PromptSRCObjective.state_dict`], saved in each checkpoint. If
     training stops before its last epoch ends (`max_steps`, early stopping), the last prompts are kept, with a
-    warning. Under DDP every rank aggregates its (identical) replica.
+    warning. Under DDP every rank aggregates its (identical) replica. With `load_best_model_at_end`, the aggregate
+    replaces the best checkpoint's prompts (the Trainer loads that checkpoint before `on_train_end`).
     """
 
     def __init__(self, mean: float, std: float) -> None:

@@ -68,10 +68,11 @@ def default_training_arguments(
     | `"kgcoop"` | SGD | 0.002 | 100 | 128 |
     | `"promptsrc"` | SGD | 0.0025 | 20 | 4 |
 
-    KgCoOp and PromptSRC train with their own objective: pass `objective=` the method's name to
-    [`PromptTuningTrainer`] (`mudpt_peft.losses`). Every recipe uses SGD (momentum 0.9, weight decay 5e-4), a cosine schedule with one warm-up epoch (a linear
+    Every recipe uses SGD (momentum 0.9, weight decay 5e-4), a cosine schedule with one warm-up epoch (a linear
     warm-up over the first `1 / epochs` of the steps; none with a single epoch), no gradient clipping, an evaluation
     batch of 100 and `ddp_find_unused_parameters=False` (all trainable adapter parameters are used in every step).
+    KgCoOp and PromptSRC train with their own objective: pass `objective=` the method's name to
+    [`PromptTuningTrainer`] (`mudpt_peft.losses`); their recipes are the official ones, not swept here.
     The official recipes, confirmed (or, without one, chosen) by a learning-rate sweep on the embedded tiny CLIP;
     CoOp collapses at twice its learning rate there, and MuDPT's Injection Model was learning-rate sensitive with
     AdamW (see `docs/train.md`).

@@ -7,11 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from mudpt_peft import MuDPTConfig
+from mudpt_peft.evaluation import evaluate
 from mudpt_peft.losses import (
     OBJECTIVES,
     GaussianPromptAggregation,
@@ -260,16 +261,19 @@ class _RecordPrompts(TrainerCallback):
         self.epochs.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
 
 
-def test_promptsrc_aggregates_the_prompts_of_every_epoch(tokenizer, tmp_path):
-    """3 epochs of 4 steps; mean 2, std 1: weights 0.212, 0.576, 0.212. The final adapter (what is saved) is the
-    weighted sum of the prompts at the three epoch ends."""
+@pytest.mark.parametrize("accumulation", [1, 3])  # 4 batches per epoch: 4 steps, or 2 (the second of 1 batch)
+def test_promptsrc_aggregates_the_prompts_of_every_epoch(tokenizer, tmp_path, accumulation):
+    """3 epochs; mean 2, std 1: weights 0.212, 0.576, 0.212. The final adapter (what is saved) is the weighted sum of
+    the prompts at the three epoch ends."""
     record = _RecordPrompts()
     objective = PromptSRCObjective(gpa_mean=2.0, gpa_std=1.0, templates=SHORT_TEMPLATES)
     model, trainer, _ = _setup(
-        "promptsrc", tokenizer, tmp_path, objective=objective, num_train_epochs=3, callbacks=[record]
-    )
+        "promptsrc", tokenizer, tmp_path, objective=objective, num_train_epochs=3, callbacks=[record],
+        gradient_accumulation_steps=accumulation,
+    )  # fmt: skip
     trainer.train()
-    assert len(record.epochs) == 3
+    assert trainer.state.global_step == (12 if accumulation == 1 else 6)
+    assert len(record.epochs) == 3 and objective.aggregation.epochs == 3
     weights = gpa_weights(3, 2.0, 1.0)
     final = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     assert final.keys() == record.epochs[0].keys() and len(final) == 2  # text and vision prompts
@@ -342,3 +346,23 @@ def test_objective_state_is_checked_on_load():
     again = PromptSRCObjective()
     again.load_state_dict(objective.state_dict())
     assert again.aggregation.epochs == 3 and torch.equal(again.aggregation.total["p"], torch.ones(2))
+
+
+@pytest.mark.parametrize("method", ["kgcoop", "promptsrc"])
+def test_regularised_methods_train_save_load_and_evaluate(tokenizer, tmp_path, method):
+    """Trained with their objective, saved, loaded onto a fresh base model: the same adapter and the same accuracy."""
+    objective = (
+        PromptSRCObjective(gpa_mean=1.0, gpa_std=1.0, templates=SHORT_TEMPLATES) if method == "promptsrc" else None
+    )
+    model, trainer, _ = _setup(method, tokenizer, tmp_path, objective=objective, num_train_epochs=2)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "saved"))
+    data = color_dataset(12, seed=5)
+    accuracy = evaluate(model, data, CLASSES, tokenizer, image_processor())["accuracy"]
+    assert trainer.evaluate(data)["eval_accuracy"] == accuracy
+    loaded = PeftModel.from_pretrained(clip_for_tokenizer(), str(tmp_path / "saved"))
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    for name, parameter in loaded.named_parameters():
+        if "mudpt_" in name:
+            assert torch.equal(parameter, trained[name]), name
+    assert evaluate(loaded, data, CLASSES, tokenizer, image_processor())["accuracy"] == accuracy
