@@ -443,7 +443,8 @@ class MuDPTConfig(PeftConfig):
 
         The presets are the rows of `mudpt_peft.methods.METHODS`. KgCoOp and PromptSRC train CoOp's and IVLP's
         adapters with a regularised objective (`PromptTuningTrainer(..., objective="kgcoop")`, see
-        `mudpt_peft.losses`); their `ctx_init` needs the base model's tokenizer (or `tokenizer_name_or_path`).
+        `mudpt_peft.losses`); their `ctx_init` needs the base model's tokenizer (or `tokenizer_name_or_path`), and
+        their official class prompt is `[ctx] {class}.`: train them with `template="{}."`.
 
         Args:
             method (`str`): One of the names above (case-insensitive; `_` and `-` are interchangeable).

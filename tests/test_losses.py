@@ -46,7 +46,7 @@ def _args(output_dir, **overrides):
     return default_training_arguments("ivlp", str(output_dir), **settings)
 
 
-def _setup(method: str, tokenizer, tmp_path, objective=None, callbacks=None, **args):
+def _setup(method: str, tokenizer, tmp_path, objective=None, callbacks=None, randomize=True, template=None, **args):
     """A randomised adapter of `method`'s preset (depth 2 where it has deep prompts, initialised from the tiny
     tokenizer), its trainer, and a frozen copy of the base model taken before it was adapted."""
     base = clip_for_tokenizer()
@@ -55,10 +55,12 @@ def _setup(method: str, tokenizer, tmp_path, objective=None, callbacks=None, **a
     config = MuDPTConfig.for_method(method, tokenizer_name_or_path=tokenizer.name_or_path, **overrides)
     torch.manual_seed(0)
     model = get_peft_model(base, config)
-    randomize_adapter(model, seed=1)
+    if randomize:
+        randomize_adapter(model, seed=1)
     trainer = PromptTuningTrainer(
         model, CLASSES, tokenizer, _args(tmp_path, **args), train_dataset=color_dataset(8),
         image_processor=image_processor(), objective=method if objective is None else objective, callbacks=callbacks,
+        template=template or "a photo of a {}.",
     )  # fmt: skip
     return model, trainer, pristine
 
@@ -210,6 +212,24 @@ def test_kgcoop_loss_is_the_official_one(tokenizer, tmp_path):
     assert model.base_model.model.text_model.mudpt_prompts["default"].grad.abs().sum() > 0
     assert trainer.objective._clip_features._cache is not None
     assert not model.base_model.model.text_model.disable_adapters
+
+
+def test_kgcoop_starts_at_clip_with_the_official_class_prompt(tokenizer, tmp_path):
+    """The official class prompt is `[ctx] {class}.` with the context initialised from "a photo of a": at the start the
+    prompted class features are CLIP's on "a photo of a {}.", so the knowledge-guided term is 0. The trainer's
+    template must then be `"{}."` (the learned prompts go before the template's words)."""
+    model, trainer, _ = _setup("kgcoop", tokenizer, tmp_path, randomize=False, template="{}.")
+    batch = _batch(trainer)
+    model.train()
+    logits, text, image = _prompted(model, trainer, batch)
+    inputs = LossInputs(trainer, logits, batch["labels"], batch["pixel_values"], image, text)
+    # fp32: the same tokens through the same kernels, the context rows copied from the token embeddings
+    torch.testing.assert_close(trainer.objective.regularization(inputs), torch.tensor(0.0), rtol=0, atol=1e-6)
+    _, wrong, _ = _setup("kgcoop", tokenizer, tmp_path / "wrong", randomize=False)  # "a photo of a a photo of a ..."
+    model, batch = wrong.model, _batch(wrong)
+    logits, text, image = _prompted(model, wrong, batch)
+    inputs = LossInputs(wrong, logits, batch["labels"], batch["pixel_values"], image, text)
+    assert wrong.objective.regularization(inputs) > 1e-4
 
 
 @pytest.mark.parametrize("templates", [SHORT_TEMPLATES[:1], SHORT_TEMPLATES])
