@@ -194,6 +194,7 @@ def run_one(task: Task, method: str, shots: int, seed: int, model_path: str, pro
                 train_dataset=train,
                 image_processor=image_processor,
                 template=task.template,
+                objective=method,  # KgCoOp / PromptSRC: their own loss
             )
             steps = trainer.train().global_step
     accuracy = {

@@ -172,6 +172,7 @@ def main() -> None:
                 train_dataset=train_set,
                 image_processor=image_processor,
                 template=template,
+                objective=method,  # KgCoOp / PromptSRC: their own loss
             )
             trainer.train()
             evaluated.save_pretrained(output_dir / method)

@@ -445,8 +445,13 @@ class MuDPTConfig(PeftConfig):
         | `"mudpt-linear-v1"` | both | linear (its early revisions) | 9 | 2 |
         | `"cross-attention"` | both | cross_attention | 9 | 2 |
         | `"cocoop"` | text | meta_net (image-conditioned) | 1 | 4 |
+        | `"kgcoop"` | text | none | 1 | 4, from "a photo of a" |
+        | `"promptsrc"` | both | none | 9 | 4 + 4, text from "a photo of a" |
 
-        The presets are the rows of `mudpt_peft.methods.METHODS`.
+        The presets are the rows of `mudpt_peft.methods.METHODS`. KgCoOp and PromptSRC train CoOp's and IVLP's
+        adapters with a regularised objective (`PromptTuningTrainer(..., objective="kgcoop")`, see
+        `mudpt_peft.losses`); their `ctx_init` needs the base model's tokenizer (or `tokenizer_name_or_path`), and
+        their official class prompt is `[ctx] {class}.`: train them with `template="{}."`.
 
         Args:
             method (`str`): One of the names above (case-insensitive; `_` and `-` are interchangeable).

@@ -32,6 +32,10 @@ class Method:
         n_ctx_with_ctx_init (`int`, *optional*): The `n_ctx` of the preset when `ctx_init` is given (CoOp: 4, the
             tokens of "a photo of a"), unless `n_ctx` is given too.
         recipe_source (`str`): Where the recipe comes from.
+        objective (`str`, defaults to `"cross_entropy"`): Its training objective, a key of
+            `mudpt_peft.losses.OBJECTIVES` (`PromptTuningTrainer(..., objective=name)`).
+        adapter (`str`, *optional*): The method whose adapter this one trains with another objective (KgCoOp: CoOp's),
+            or `None`; `method_of` names that method for such an adapter, which alone cannot tell them apart.
     """
 
     name: str
@@ -40,6 +44,8 @@ class Method:
     official: str | None = None
     n_ctx_with_ctx_init: int | None = None
     recipe_source: str = "official"
+    objective: str = "cross_entropy"
+    adapter: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "preset", MappingProxyType(dict(self.preset)))
@@ -55,7 +61,10 @@ class Method:
         return fields
 
     def matches(self, config: Any) -> bool:
-        """Whether `config` implements this method: the same towers and coupling (depths and counts may differ)."""
+        """Whether `config` implements this method: the same towers and coupling (depths and counts may differ); never
+        for a method that trains another method's adapter (`adapter`)."""
+        if self.adapter is not None:
+            return False
         towers = (self.preset.get("text_prompts", True), self.preset.get("vision_prompts", True))
         return (config.text_prompts, config.vision_prompts) == towers and config.fusion == self.preset["fusion"]
 
@@ -88,6 +97,16 @@ _ROWS = (
            official="YzM1a0/MuDPT trainers/mudpt.py (early revisions)", recipe_source=_MEASURED),
     Method("cross-attention", {"fusion": "cross_attention", "depth": 9, "n_ctx": 2},
            {"learning_rate": 0.00125, **_SGD_10}, recipe_source=_MEASURED),
+    # CoOp's / IVLP's adapters with a regularised objective (`mudpt_peft.losses`)
+    Method("kgcoop", {"text_prompts": True, "vision_prompts": False, "fusion": "none", "depth": 1, "n_ctx": 4,
+                      "ctx_init": "a photo of a"},
+           {"learning_rate": 0.002, "num_train_epochs": 100, "per_device_train_batch_size": 128},
+           recipe_source="htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml", objective="kgcoop",
+           adapter="coop"),
+    Method("promptsrc", {"fusion": "none", "depth": 9, "n_ctx": 4, "ctx_init": "a photo of a"},
+           {"learning_rate": 0.0025, "num_train_epochs": 20, "per_device_train_batch_size": 4},
+           recipe_source="muzairkhattak/PromptSRC configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
+           objective="promptsrc", adapter="ivlp"),
 )  # fmt: skip
 
 #: Every method, by name. Recipes: the official ones where they exist (CoOp: `configs/trainers/CoOp/vit_b16*.yaml`;

@@ -123,6 +123,8 @@ class ProtocolRecipe:
         dataset_training (`Mapping`, *optional*): Training overrides per dataset, applied last (CoOp: 50 epochs on
             ImageNet).
         note (`str`, *optional*): What else to know about the row.
+        objective (`Mapping`, *optional*): Keyword arguments of the method's training objective
+            (`mudpt_peft.losses.OBJECTIVES`), e.g. PromptSRC's Gaussian aggregation per protocol.
     """
 
     protocol: str
@@ -135,9 +137,10 @@ class ProtocolRecipe:
     epochs_by_shots: tuple[tuple[int, int], ...] = ()
     dataset_training: Mapping[str, Mapping[str, float | int]] = field(default_factory=dict)
     note: str = ""
+    objective: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("training", "config", "dataset_training"):
+        for name in ("training", "config", "dataset_training", "objective"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
 
 
@@ -157,6 +160,7 @@ class Recipe:
         source (`str`): Where the recipe comes from.
         official (`bool`): Whether it is the method's official recipe for the protocol.
         note (`str`): What else to know.
+        objective (`dict`): Keyword arguments of the method's training objective (empty: its defaults).
     """
 
     protocol: str
@@ -169,6 +173,7 @@ class Recipe:
     source: str
     official: bool
     note: str
+    objective: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as JSON-ready data (what `python -m mudpt_peft.reproduce` records)."""
@@ -183,6 +188,7 @@ class Recipe:
             "source": self.source,
             "official": self.official,
             "note": self.note,
+            "objective": dict(self.objective),
         }
 
 
@@ -280,6 +286,25 @@ _ROWS: list[ProtocolRecipe] = [
                      _COCOOP + (f", scripts/cocoop/{script}" if script else ""), official=bool(script),
                      config={"ctx_init": "a photo of a"}, note="" if script else _NO_FEWSHOT)
       for protocol, script in (("fewshot", ""), ("base2new", "base2new_train.sh"), ("cross_dataset", "xd_train.sh"))),
+    # KgCoOp: CoOp's prompts with the knowledge-guided loss; its repository's ViT-B/16 config for every protocol
+    *(ProtocolRecipe(protocol, "kgcoop", dict(METHODS["kgcoop"].recipe), "{}.",
+                     f"{METHODS['kgcoop'].recipe_source} (the preset's recipe), trainers/kgcoop.py (the CTX_INIT words "
+                     "are the context: 'X X X X {name}.')", official=False, config={"ctx_init": "a photo of a"},
+                     note="one ViT-B/16 config of the repository for every protocol; its per-protocol scripts are not "
+                     "cited here")
+      for protocol in ("fewshot", "base2new", "cross_dataset")),
+    # PromptSRC: IVLP prompts with self-regularisation; one config per protocol, with its Gaussian aggregation
+    *(ProtocolRecipe(protocol, "promptsrc", {"learning_rate": 0.0025, "num_train_epochs": epochs, **_SGD4}, "{}.",
+                     f"muzairkhattak/PromptSRC configs/trainers/PromptSRC/{config_file}.yaml (4+4 prompts, CTX_INIT "
+                     f"'a photo of a', depth {depth}, LR 0.0025, {epochs} epochs, batch 4, GPA mean {mean} / std "
+                     f"{std}), scripts/promptsrc/{script}", config={"ctx_init": "a photo of a", "depth": depth},
+                     objective={"gpa_mean": mean, "gpa_std": std},
+                     note="few-shot: the config's GPA 30 / 30 (its comment gives 45 / 5 for fine-grained datasets)"
+                     if protocol == "fewshot" else "")
+      for protocol, config_file, script, depth, epochs, mean, std in (
+          ("fewshot", "vit_b16_c2_ep50_batch4_4+4ctx_few_shot", "few_shot.sh", 9, 50, 30, 30),
+          ("base2new", "vit_b16_c2_ep20_batch4_4+4ctx", "base2new_train.sh", 9, 20, 15, 1),
+          ("cross_dataset", "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets", "xd_train.sh", 3, 20, 6, 10))),
     # VPT (deep vision prompting): one config for every protocol
     *(ProtocolRecipe(protocol, "vpt", {"learning_rate": 0.0025, "num_train_epochs": 5, **_SGD4}, "a photo of a {}.",
                      _VPT + (f", scripts/vpt/{script}" if script else ""), official=bool(script),
@@ -388,6 +413,7 @@ def recipe_for(protocol: str, method: str, dataset: str, shots: int) -> Recipe:
         source=row.source,
         official=row.official,
         note=row.note,
+        objective=dict(row.objective),
     )
 
 

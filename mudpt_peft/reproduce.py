@@ -712,6 +712,7 @@ class _Session:
                 image_processor=self.image_processor,
                 template=recipe.template,
                 augment=True,
+                objective=_objective(run.method, recipe.objective),
             )
             if not self.settings.verbose:  # the Trainer prints its logs when its progress bars are off
                 from transformers.trainer_callback import PrinterCallback
@@ -823,3 +824,12 @@ def _versions() -> dict[str, str]:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _objective(method: str, arguments: Mapping[str, Any]) -> Any:
+    """The training objective of `method`'s row in `METHODS` (KgCoOp's, PromptSRC's; the cross-entropy for the
+    others), with the protocol recipe's keyword arguments."""
+    from .losses import OBJECTIVES
+    from .methods import METHODS
+
+    return OBJECTIVES[METHODS[method].objective](**arguments)

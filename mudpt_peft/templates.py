@@ -8,7 +8,7 @@ zero-shot CLIP trainers do. The strings are facts of the protocol, kept exactly 
 
 from __future__ import annotations
 
-__all__ = ["IMAGENET_7_TEMPLATES", "IMAGENET_80_TEMPLATES"]
+__all__ = ["IMAGENET_7_TEMPLATES", "IMAGENET_80_TEMPLATES", "PROMPTSRC_TEMPLATES"]
 
 #: CLIP's 80 ImageNet prompt templates (CLIP's "Prompt Engineering for ImageNet" notebook; CoOp's
 #: `trainers/imagenet_templates.py` holds the same list), in their order.
@@ -41,3 +41,10 @@ IMAGENET_7_TEMPLATES: tuple[str, ...] = (
     "itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.", "a {} in a video game.",
     "art of the {}.", "a photo of the small {}.",
 )  # fmt: skip
+
+#: The ensemble of PromptSRC's frozen text features (its `trainers/imagenet_templates.py` `IMAGENET_TEMPLATES`): the
+#: first 60 of CLIP's 80 with "a photo of a {}." moved first, in its order.
+PROMPTSRC_TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    *(template for template in IMAGENET_80_TEMPLATES[:60] if template != "a photo of a {}."),
+)

@@ -12,8 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
+from safetensors.torch import load_file, save_file
 from transformers import EvalPrediction, Trainer, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ._utils import check_class_names, check_template, first_float_parameter, model_image_size, short_repr
 from .adapter_files import PICKLED_WEIGHTS_NAME, SAFETENSORS_WEIGHTS_NAME
@@ -22,10 +24,14 @@ from .config import MuDPTConfig
 from .data import ImageClassificationCollator, check_image_classification_dataset
 from .evaluation import accuracy_metrics, dataset_name_of, split_of
 from .loading import load_adapter
+from .losses import LossInputs, TrainingObjective, resolve_objective
 from .methods import METHODS, normalize_method
 from .model_card import record_eval_result, write_model_card
 
 __all__ = ["TRAINING_RECIPES", "PromptTuningTrainer", "default_training_arguments"]
+
+#: The file of the training objective's state in a checkpoint (see `mudpt_peft.losses.TrainingObjective.state_dict`).
+OBJECTIVE_NAME = "training_objective.safetensors"
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -60,10 +66,14 @@ def default_training_arguments(
     | `"mudpt-linear"`, `"mudpt-linear-v1"` | SGD | 0.005 (measured) | 10 | 4 |
     | `"cross-attention"` | SGD | 0.00125 (measured) | 10 | 4 |
     | `"cocoop"` | SGD | 0.002 | 10 | 1 |
+    | `"kgcoop"` | SGD | 0.002 | 100 | 128 |
+    | `"promptsrc"` | SGD | 0.0025 | 20 | 4 |
 
     Every recipe uses SGD (momentum 0.9, weight decay 5e-4), a cosine schedule with one warm-up epoch (a linear
     warm-up over the first `1 / epochs` of the steps; none with a single epoch), no gradient clipping, an evaluation
     batch of 100 and `ddp_find_unused_parameters=False` (all trainable adapter parameters are used in every step).
+    KgCoOp and PromptSRC train with their own objective: pass `objective=` the method's name to
+    [`PromptTuningTrainer`] (`mudpt_peft.losses`); their recipes are the official ones, not swept here.
     The official recipes, confirmed (or, without one, chosen) by a learning-rate sweep on the embedded tiny CLIP;
     CoOp collapses at twice its learning rate there, and MuDPT's Injection Model was learning-rate sensitive with
     AdamW (see `docs/train.md`).
@@ -171,6 +181,12 @@ class PromptTuningTrainer(Trainer):
             Replaces the default [`ImageClassificationCollator`]; it must output `pixel_values` and `labels`.
         compute_metrics (`Callable`, *optional*):
             Extra metrics from an `EvalPrediction`, merged with the accuracies.
+        objective (`TrainingObjective` or `str`, *optional*):
+            The training loss ([`~mudpt_peft.losses.TrainingObjective`]): an instance (e.g. your own regulariser), a
+            method name of `mudpt_peft.methods.METHODS` for that method's objective with its official
+            hyper-parameters (`"kgcoop"`, `"promptsrc"`; the other methods' is the cross-entropy), or `None` for the
+            cross-entropy. Its callbacks are added to the trainer, and its state is saved in every checkpoint
+            (`training_objective.safetensors`) and restored on resume.
         **kwargs:
             Any other `Trainer` argument (`callbacks`, `optimizers`, ...).
 
@@ -204,6 +220,7 @@ class PromptTuningTrainer(Trainer):
         augment: bool = False,
         data_collator: Callable | None = None,
         compute_metrics: Callable[[EvalPrediction], dict] | None = None,
+        objective: TrainingObjective | str | None = None,
         **kwargs: Any,
     ) -> None:
         if not _is_peft_model(model):
@@ -297,6 +314,9 @@ class PromptTuningTrainer(Trainer):
         self.label_names = ["labels"]
         self.can_return_loss = True
         self.classifier = PromptClassifier(model, tokenizer, self.class_names, template=template)
+        self.objective = resolve_objective(objective)
+        for callback in self.objective.callbacks():
+            self.add_callback(callback)
 
     # ----------------------------------------------------------------------------------------------------------------
     # checks
@@ -369,13 +389,16 @@ class PromptTuningTrainer(Trainer):
         parameter = first_float_parameter(self.model)
         return inputs["pixel_values"].to(device=parameter.device, dtype=parameter.dtype)
 
-    def _training_output(self, model: torch.nn.Module, pixel_values: torch.Tensor) -> ImageClassifierOutput:
+    def _training_output(
+        self, model: torch.nn.Module, pixel_values: torch.Tensor
+    ) -> tuple[ImageClassifierOutput, torch.Tensor, torch.Tensor]:
         """Logits of the images against freshly encoded class prompts, through `model`'s (e.g. DDP's) own forward.
 
         This is what `PromptClassifier` computes in training mode (`logit_scale · cos(image, class)` + any
-        `logit_bias`), but as one call of the wrapped model, so that DDP / FSDP see the forward pass. An
-        image-conditioned adapter (CoCoOp) encodes the class prompts per image, through the classifier: one process
-        only."""
+        `logit_bias`), but as one call of the wrapped model, so that DDP / FSDP see the forward pass. The normalised
+        image and class features come with them, for the training objective: `(output, image features, class
+        features)`. An image-conditioned adapter (CoCoOp) encodes the class prompts per image, through the
+        classifier: one process only."""
         device = pixel_values.device
         if self.classifier.conditioned_text_tower() is not None:
             if model is not self.model:
@@ -388,13 +411,13 @@ class PromptTuningTrainer(Trainer):
                 self.classifier.train()
             if self.classifier.class_input_ids.device != device:
                 self.classifier.to(device)
-            return self.classifier(pixel_values=pixel_values)
+            return self.classifier(pixel_values=pixel_values), None, None  # class features per image: none shared
         output = model(
             input_ids=self.classifier.class_input_ids.to(device),
             attention_mask=self.classifier.class_attention_mask.to(device),
             pixel_values=pixel_values,
         )
-        return ImageClassifierOutput(logits=output.logits_per_image)
+        return ImageClassifierOutput(logits=output.logits_per_image), output.image_embeds, output.text_embeds
 
     def _eval_output(self, pixel_values: torch.Tensor) -> ImageClassifierOutput:
         """The classifier's logits in eval mode: the class features are encoded once and cached."""
@@ -415,8 +438,9 @@ class PromptTuningTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, ImageClassifierOutput]:
-        """Cross-entropy of the image–class-prompt logits (mean over the batch, with the arguments'
-        `label_smoothing_factor`).
+        """In training mode, the training objective's loss (`self.objective`, by default the cross-entropy of the
+        image–class-prompt logits with the arguments' `label_smoothing_factor`, mean over the batch); in eval mode the
+        cross-entropy alone.
 
         In training mode the class prompts are re-encoded through `model`'s forward (so gradients reach the text
         prompts and distributed wrappers synchronise them); in eval mode the classifier's cached class features are
@@ -430,8 +454,20 @@ class PromptTuningTrainer(Trainer):
             )
         pixel_values = self._pixel_values(inputs)
         self._check_labels(labels)
-        output = self._training_output(model, pixel_values) if model.training else self._eval_output(pixel_values)
-        output.loss = self._cross_entropy(output.logits, labels)
+        if not model.training:
+            output = self._eval_output(pixel_values)
+            output.loss = self._cross_entropy(output.logits, labels)
+            return (output.loss, output) if return_outputs else output.loss
+        output, image_features, class_features = self._training_output(model, pixel_values)
+        if class_features is None and type(self.objective).regularization is not TrainingObjective.regularization:
+            raise ValueError(
+                f"The training objective {type(self.objective).__name__} regularises the class features, but an "
+                "image-conditioned adapter (CoCoOp) has class features per image, not one set: train it with the "
+                "default objective (cross-entropy)."
+            )
+        output.loss = self.objective.loss(
+            LossInputs(self, output.logits, labels, pixel_values, image_features, class_features)
+        )
         return (output.loss, output) if return_outputs else output.loss
 
     def prediction_step(
@@ -498,6 +534,27 @@ class PromptTuningTrainer(Trainer):
         return int(counts[0]) if len(counts) and (counts == counts[0]).all() and counts[0] > 0 else None
 
     # ----------------------------------------------------------------------------------------------------------------
+    # training: the objective's state starts afresh, or from the checkpoint resumed
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """`Trainer.train`, with the training objective's state reset first (a resumed checkpoint restores it)."""
+        self.objective.reset()
+        return super().train(*args, **kwargs)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """`Trainer._save_checkpoint`, plus the training objective's state (when it has one) in the checkpoint."""
+        super()._save_checkpoint(model, trial)
+        state = self.objective.state_dict()
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if state and self.args.should_save and os.path.isdir(folder):
+            tensors = {key: tensor.detach().cpu() for key, tensor in state.items()}
+            save_file(tensors, os.path.join(folder, OBJECTIVE_NAME))
+
+    def _load_objective_state(self, checkpoint: str) -> None:
+        path = os.path.join(checkpoint, OBJECTIVE_NAME)
+        self.objective.load_state_dict(load_file(path) if os.path.isfile(path) else {})
+
+    # ----------------------------------------------------------------------------------------------------------------
     # loading checkpoints
 
     def _mudpt_model(self, model: Any) -> PeftModel | None:
@@ -510,7 +567,9 @@ class PromptTuningTrainer(Trainer):
         """Resume: load the checkpoint's adapters through `mudpt_peft.loading.load_adapter`, which checks the tensors
         it loads against the config saved with them (transformers' `Trainer` uses `PeftModel.load_adapter`, which
         reads no config for an adapter that exists). Its layout as `Trainer` writes it: the adapter in the
-        checkpoint folder, or each adapter in a subfolder of its name (`default` in the folder itself)."""
+        checkpoint folder, or each adapter in a subfolder of its name (`default` in the folder itself). The training
+        objective's state is restored from `training_objective.safetensors` (none when the file is absent)."""
+        self._load_objective_state(resume_from_checkpoint)
         peft_model = self._mudpt_model(model if model is not None else self.model)
         if peft_model is None:
             return super()._load_from_checkpoint(resume_from_checkpoint, model)

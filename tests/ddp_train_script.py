@@ -25,6 +25,7 @@ from PIL import Image  # noqa: E402
 from transformers import CLIPTokenizer  # noqa: E402
 
 from mudpt_peft import MuDPTConfig  # noqa: E402
+from mudpt_peft.losses import PromptSRCObjective  # noqa: E402
 from mudpt_peft.trainer import PromptTuningTrainer, default_training_arguments  # noqa: E402
 from tests.helpers import TOKENIZER_EOS_ID, image_processor, make_clip  # noqa: E402
 
@@ -44,11 +45,17 @@ def build_model():
     return get_peft_model(make_clip(eos_token_id=TOKENIZER_EOS_ID), MuDPTConfig(depth=3))
 
 
+def promptsrc_objective() -> PromptSRCObjective:
+    """PromptSRC's objective with templates the tiny tokenizer spells and an aggregation centred on step (epoch) 2."""
+    return PromptSRCObjective(gpa_mean=2.0, gpa_std=1.0, templates=("a photo of a {}.", "a {}."))
+
+
 def build_trainer(
-    output_dir: str, tokenizer_dir: str, per_device_batch: int, steps: int, **overrides
+    output_dir: str, tokenizer_dir: str, per_device_batch: int, steps: int, objective: str | None = None, **overrides
 ) -> PromptTuningTrainer:
     """A trainer for `steps` SGD steps on the 8-image dataset (evaluated on the same images), saving one checkpoint at
-    the end; `overrides` replace any training argument."""
+    the end; `objective="promptsrc"` trains with [`promptsrc_objective`]; `overrides` replace any training
+    argument."""
     settings = dict(
         max_steps=steps,
         per_device_train_batch_size=per_device_batch,
@@ -76,12 +83,15 @@ def build_trainer(
         train_dataset=dataset,
         eval_dataset=dataset,
         image_processor=image_processor(),
+        objective=promptsrc_objective() if objective == "promptsrc" else None,
     )
 
 
-def train(output_dir: str, tokenizer_dir: str, per_device_batch: int, steps: int, **overrides) -> PromptTuningTrainer:
+def train(
+    output_dir: str, tokenizer_dir: str, per_device_batch: int, steps: int, objective: str | None = None, **overrides
+) -> PromptTuningTrainer:
     """Build the trainer of [`build_trainer`], train it and return it."""
-    trainer = build_trainer(output_dir, tokenizer_dir, per_device_batch, steps, **overrides)
+    trainer = build_trainer(output_dir, tokenizer_dir, per_device_batch, steps, objective, **overrides)
     trainer.train()
     return trainer
 
@@ -92,9 +102,12 @@ def main() -> None:
     parser.add_argument("--tokenizer-dir", required=True)
     parser.add_argument("--per-device-batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--objective", choices=["promptsrc"], default=None)
     options = parser.parse_args()
     torch.set_num_threads(1)
-    trainer = train(options.output_dir, options.tokenizer_dir, options.per_device_batch, options.steps)
+    trainer = train(
+        options.output_dir, options.tokenizer_dir, options.per_device_batch, options.steps, options.objective
+    )
     metrics = trainer.evaluate()
     rank = int(os.environ.get("RANK", "0"))
     state = {k: v.detach().cpu() for k, v in get_peft_model_state_dict(trainer.model).items()}

@@ -875,3 +875,54 @@ def load_cocoop_into_tuner(peft_model, state: dict[str, torch.Tensor], adapter_n
     meta_net = text.mudpt_fusion[adapter_name]
     _copy_params(meta_net.linear1, state, "meta_net.linear1")
     _copy_params(meta_net.linear2, state, "meta_net.linear2")
+# ------------------------------------------------------------------------------------------------------------------
+# the official regularised objectives (KgCoOp, PromptSRC), on features
+
+
+def kgcoop_loss(
+    logits: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, clip_text: torch.Tensor, weight: float = 8.0
+) -> torch.Tensor:
+    """KgCoOp's training loss (`trainers/kgcoop.py`): cross-entropy plus `W · (1 − mean_i cos(w_i, w_i^clip))`, the
+    cosine of each class's prompted and hand-crafted-template text features (both normalised first, then compared
+    with a cosine of eps 1e-7; `W` = 8.0 in the official scripts)."""
+    text = text / text.norm(dim=-1, keepdim=True)
+    clip_text = clip_text / clip_text.norm(dim=-1, keepdim=True)
+    cosine = (text * clip_text).sum(-1) / (text.norm(dim=-1) * clip_text.norm(dim=-1)).clamp_min(1e-7)
+    return F.cross_entropy(logits, labels) + weight * (1.0 - cosine.mean())
+
+
+def promptsrc_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    text: torch.Tensor,
+    image: torch.Tensor,
+    frozen_text_per_template: torch.Tensor,
+    frozen_image: torch.Tensor,
+    logit_scale: torch.Tensor,
+    text_weight: float = 25.0,
+    image_weight: float = 10.0,
+) -> torch.Tensor:
+    """PromptSRC's training loss (`trainers/promptsrc.py`, fp32). `frozen_text_per_template` `(templates, classes,
+    dim)`: frozen CLIP's unnormalised text features of each template, averaged over the templates and then
+    normalised; the frozen image features are normalised; the frozen logits use the model's logit scale. The loss is
+    the cross-entropy plus the mean absolute differences of the normalised prompted and frozen text (x 25) and image
+    (x 10) features plus the summed KL(frozen ‖ prompted) of the softmaxed logits (temperature 1) divided by
+    `batch · classes`."""
+    frozen_text = frozen_text_per_template.mean(dim=0)
+    frozen_text = frozen_text / frozen_text.norm(dim=-1, keepdim=True)
+    frozen_image = frozen_image / frozen_image.norm(dim=-1, keepdim=True)
+    text = text / text.norm(dim=-1, keepdim=True)
+    image = image / image.norm(dim=-1, keepdim=True)
+    frozen_logits = logit_scale.exp() * frozen_image @ frozen_text.t()
+    log_p, log_q = torch.log_softmax(frozen_logits, dim=1), torch.log_softmax(logits, dim=1)
+    kl = (log_p.exp() * (log_p - log_q)).sum() / logits.numel()
+    l1_text = (text - frozen_text).abs().sum() / text.numel()
+    l1_image = (image - frozen_image).abs().sum() / image.numel()
+    return F.cross_entropy(logits, labels) + text_weight * l1_text + image_weight * l1_image + kl
+
+
+def gpa_weights(epochs: int, mean: float, std: float) -> list[float]:
+    """PromptSRC's Gaussian aggregation weights of epochs 1..E: the normal density `N(e; mean, std)`, divided by its
+    sum over the epochs."""
+    density = [math.exp(-0.5 * ((e - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi)) for e in range(1, epochs + 1)]
+    return [d / sum(density) for d in density]

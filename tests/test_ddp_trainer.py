@@ -48,6 +48,29 @@ def launcher_command(launcher: str) -> list[str]:
     ]  # fmt: skip
 
 
+def test_promptsrc_under_ddp_equals_one_process_with_the_global_batch(tmp_path, tokenizer_dir):
+    """PromptSRC's objective (frozen features with the adapter disabled, on each rank) and its prompt aggregation
+    (one step per epoch here: every step is aggregated) under 2-process DDP give the single process's adapter."""
+    ddp_dir = tmp_path / "ddp"
+    ddp_dir.mkdir()
+    command = launcher_command("torchrun") + [
+        str(SCRIPT), "--output-dir", str(ddp_dir), "--tokenizer-dir", str(tokenizer_dir),
+        "--per-device-batch", "4", "--steps", "3", "--objective", "promptsrc",
+    ]  # fmt: skip
+    environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    environment["OMP_NUM_THREADS"] = "1"
+    run = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    rank0, rank1 = (torch.load(ddp_dir / f"adapter_rank{r}.pt") for r in (0, 1))
+    assert all(torch.equal(rank0[key], rank1[key]) for key in rank0)
+    assert (ddp_dir / "checkpoint-3" / "training_objective.safetensors").is_file()
+    single = train(str(tmp_path / "single"), str(tokenizer_dir), per_device_batch=8, steps=3, objective="promptsrc")
+    assert single.objective.aggregation.epochs == 3
+    expected = adapter(single.model)
+    for key in expected:  # float32 summation order only (see the test below)
+        torch.testing.assert_close(rank0[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, tokenizer_dir, launcher):
     ddp_dir = tmp_path / "ddp"

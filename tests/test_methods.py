@@ -26,6 +26,8 @@ SMALL = {"depth": 3, "n_ctx": 2}
 
 def small(method: str, **overrides) -> MuDPTConfig:
     settings = dict(SMALL)
+    if METHOD_PRESETS[method].get("ctx_init"):  # the tiny CLIP has no tokenizer to initialise from
+        settings["ctx_init"] = None
     if method == "vpt":
         settings = {"depth": 3, "vision_n_ctx": 2}
     settings.update(overrides)
@@ -88,6 +90,8 @@ EXPECTED_FUSIONS = {
     "mudpt-linear-v1": (LinearFusion, LinearFusion),
     "cross-attention": (CrossAttentionFusion, CrossAttentionFusion),
     "cocoop": (MetaNetFusion, None),
+    "kgcoop": (NoFusion, None),  # CoOp's adapter
+    "promptsrc": (NoFusion, NoFusion),  # IVLP's adapter
 }
 
 
@@ -109,7 +113,7 @@ def test_every_method_runs_the_whole_lifecycle(method, tmp_path):
             assert not isinstance(module, MuDPTLayer)
         else:
             assert type(module.mudpt_fusion["default"]) is fusion
-    assert ("default" in getattr(clip.vision_model, "mudpt_prompts", {})) == (method not in ("coop", "maple"))
+    assert ("default" in getattr(clip.vision_model, "mudpt_prompts", {})) == (method not in ("coop", "maple", "kgcoop"))
 
     # every trainable tensor gets a gradient (nothing unused); randomised first, since cross-attention's output
     # projection starts at zero (its other weights get zero gradients until it moves)
@@ -288,7 +292,7 @@ def test_every_method_and_fusion_is_declared_in_one_place():
     assert set(OFFICIAL_METHODS) == {name for name, method in METHODS.items() if method.official}
     for name, method in METHODS.items():
         config = MuDPTConfig.for_method(name.upper().replace("-", "_"))
-        assert method_of(config) == name and normalize_method(f" {name.upper()} ") == name
+        assert method_of(config) == (method.adapter or name) and normalize_method(f" {name.upper()} ") == name
         assert TRAINING_RECIPES[name] == dict(method.recipe)
     assert {method.preset["fusion"] for method in METHODS.values()} == set(FUSIONS)
     assert all(issubclass(fusion, Fusion) and fusion.name == key for key, fusion in FUSIONS.items())

@@ -686,3 +686,16 @@ def test_cocoop_runs_base2new_with_its_official_prompt(bench, tmp_path, training
     assert cocoop["recipe"]["config"]["ctx_init"] == "a photo of a" and cocoop["adapter_config"]["n_ctx"] == 4
     assert cocoop["adapter_config"]["fusion"] == "meta_net"
     assert cocoop["metrics"]["base"]["num_examples"] == cocoop["metrics"]["new"]["num_examples"] == 4
+
+
+def test_regularised_methods_train_with_their_objective_and_the_protocol_s_arguments():
+    """PromptSRC's Gaussian aggregation differs per protocol: the runner builds its objective from the recipe."""
+    import mudpt_peft.reproduce as reproduce
+    from mudpt_peft.losses import KgCoOpObjective, PromptSRCObjective
+
+    assert recipe_for("cross_dataset", "promptsrc", "imagenet", 16).objective == {"gpa_mean": 6, "gpa_std": 10}
+    assert recipe_for("base2new", "promptsrc", "eurosat", 16).config["depth"] == 9
+    assert isinstance(reproduce._objective("kgcoop", {}), KgCoOpObjective)
+    built = reproduce._objective("promptsrc", {"gpa_mean": 6, "gpa_std": 10})
+    assert isinstance(built, PromptSRCObjective) and (built.aggregation.mean, built.aggregation.std) == (6, 10)
+    assert type(reproduce._objective("maple", {})).__name__ == "TrainingObjective"

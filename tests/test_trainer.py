@@ -246,7 +246,7 @@ def test_default_training_arguments(tmp_path):
         50, 100, 100, 200, 200,
     ]  # fmt: skip
     methods = {"coop", "vpt", "ivlp", "maple", "mudpt", "mudpt-linear", "mudpt-linear-v1", "cross-attention", "cocoop"}
-    assert set(TRAINING_RECIPES) == methods
+    assert set(TRAINING_RECIPES) == methods | {"kgcoop", "promptsrc"}
     custom = default_training_arguments("mudpt", str(tmp_path), num_train_epochs=4, optim="adamw_torch", report_to=[])
     assert custom.num_train_epochs == 4 and custom.warmup_steps == pytest.approx(0.25)
     assert custom.optim.value == "adamw_torch"
