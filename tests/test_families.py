@@ -426,6 +426,8 @@ def randomize_adapter(model, seed: int = 0, adapter: str = "default") -> None:
 
 def small(method: str, **overrides) -> MuDPTConfig:
     settings = {"depth": 3, "vision_n_ctx": 2} if method == "vpt" else {"depth": 3, "n_ctx": 2}
+    if METHOD_PRESETS[method].get("ctx_init"):  # KgCoOp, PromptSRC: the tiny models have no tokenizer
+        settings["ctx_init"] = None
     return MuDPTConfig.for_method(method, **{**settings, **overrides})
 
 
