@@ -154,6 +154,20 @@ def logits(model, inputs) -> torch.Tensor:
         return model(**inputs).logits_per_image
 
 
+class CountingTextCalls:
+    """Counts `get_text_features` calls on a model (via the peft model's attribute lookup)."""
+
+    def __init__(self, model):
+        self.count = 0
+        original = model.get_text_features
+
+        def counted(*args, **kwargs):
+            self.count += 1
+            return original(*args, **kwargs)
+
+        model.get_text_features = counted
+
+
 def randomize_adapter(model, adapter_name: str = "default", seed: int = 0) -> None:
     """Give the adapter non-trivial values (the injection output projection included)."""
     generator = torch.Generator().manual_seed(seed)

@@ -10,26 +10,12 @@ from peft import PeftModel, get_peft_model
 from mudpt_peft import MuDPTConfig, PromptClassifier
 
 from .helpers import CLASSIFIER_CLASSES as CLASSES
-from .helpers import clip_for_tokenizer, make_inputs, randomize_adapter
+from .helpers import CountingTextCalls, clip_for_tokenizer, make_inputs, randomize_adapter
 
 
 @pytest.fixture
 def pixel_values():
     return make_inputs(batch=5)["pixel_values"]
-
-
-class CountingTextCalls:
-    """Counts `get_text_features` calls on a model (via the peft model's attribute lookup)."""
-
-    def __init__(self, model):
-        self.count = 0
-        original = model.get_text_features
-
-        def counted(*args, **kwargs):
-            self.count += 1
-            return original(*args, **kwargs)
-
-        model.get_text_features = counted
 
 
 def test_unwrapped_model_is_plain_zero_shot_clip(tokenizer, pixel_values):

@@ -22,7 +22,15 @@ from mudpt_peft import MuDPTConfig, PromptClassifier
 from mudpt_peft.evaluation import evaluate
 
 from .helpers import CLASSIFIER_CLASSES as CLASSES
-from .helpers import COLOR_CLASSES, clip_for_tokenizer, color_dataset, image_processor, make_inputs, randomize_adapter
+from .helpers import (
+    COLOR_CLASSES,
+    CountingTextCalls,
+    clip_for_tokenizer,
+    color_dataset,
+    image_processor,
+    make_inputs,
+    randomize_adapter,
+)
 
 #: Templates of different token lengths, so that each is padded to its own longest prompt.
 TEMPLATES = ["a photo of a {}.", "{}", "the {} of a photo."]
@@ -47,18 +55,6 @@ def reference_logits(model, class_features, pixel_values) -> torch.Tensor:
     image = features(model.get_image_features(pixel_values=pixel_values))
     image = image / image.norm(dim=-1, keepdim=True)
     return model.logit_scale.exp() * image @ class_features.t()
-
-
-class CountingTextCalls:
-    def __init__(self, model):
-        self.count = 0
-        original = model.get_text_features
-
-        def counted(*args, **kwargs):
-            self.count += 1
-            return original(*args, **kwargs)
-
-        model.get_text_features = counted
 
 
 def test_zero_shot_ensemble_matches_the_reference(tokenizer):
