@@ -1,15 +1,61 @@
 """Shared fixtures: tiny random CLIP models built from configs (no downloads), matching inputs, the tiny tokenizer, and
-`one_thread` for the modules that opt into it. The builders behind them are in `helpers.py`."""
+`one_thread` for the modules that opt into it. The builders behind them are in `helpers.py`.
+
+And the suite's watchdog: a test (setup and teardown included) that runs past `MUDPT_TEST_TIMEOUT_S` seconds (default
+900; 0 turns it off) ends the run: the stacks of every thread are printed, the processes it started with
+`helpers.run_bounded` are killed, and pytest exits with status 3. A hang then costs minutes and says where it hung,
+instead of running into CI's time limit with no output."""
 
 from __future__ import annotations
 
+import faulthandler
+import os
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import CLIPModel, CLIPTokenizer
 
-from .helpers import make_clip, make_inputs, make_tokenizer_files
+from .helpers import RUNNING_GROUPS, kill_group, make_clip, make_inputs, make_tokenizer_files
+
+TEST_TIMEOUT_S = float(os.environ.get("MUDPT_TEST_TIMEOUT_S", "900"))
+TIMED_OUT_STATUS = 3
+
+
+def _time_out(item: pytest.Item) -> None:
+    """The watchdog's end of the run (on its timer thread): report, dump the stacks, kill the children, exit."""
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        try:
+            capture.suspend(in_=False)  # the test's and the global capture: write to the real stderr
+        except Exception:  # noqa: BLE001  (ending the run matters more than a clean capture state)
+            pass
+    sys.stderr.write(
+        f"\n\n{item.nodeid} is still running after {TEST_TIMEOUT_S:.0f} s (MUDPT_TEST_TIMEOUT_S): the stacks of every "
+        "thread follow, then the run ends.\n"
+    )
+    sys.stderr.flush()
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    for group in list(RUNNING_GROUPS):
+        kill_group(group)
+    sys.stderr.flush()
+    os._exit(TIMED_OUT_STATUS)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    if TEST_TIMEOUT_S <= 0:
+        yield
+        return
+    timer = threading.Timer(TEST_TIMEOUT_S, _time_out, args=(item,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 @pytest.fixture

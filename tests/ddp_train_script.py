@@ -27,7 +27,7 @@ from transformers import CLIPTokenizer  # noqa: E402
 from mudpt_peft import MuDPTConfig  # noqa: E402
 from mudpt_peft.losses import PromptSRCObjective  # noqa: E402
 from mudpt_peft.trainer import PromptTuningTrainer, default_training_arguments  # noqa: E402
-from tests.helpers import TOKENIZER_EOS_ID, image_processor, make_clip  # noqa: E402
+from tests.helpers import TOKENIZER_EOS_ID, image_processor, make_clip, watchdog  # noqa: E402
 
 CLASSES = ["cat", "dog", "zebra", "photo"]
 
@@ -71,6 +71,7 @@ def build_trainer(
         dataloader_pin_memory=False,
         use_cpu=True,
         seed=0,
+        ddp_timeout=120,  # a lost peer fails the run in 2 minutes, not gloo's default 30
     )
     settings.update(overrides)
     args = default_training_arguments("mudpt", output_dir, **settings)
@@ -104,6 +105,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--objective", choices=["promptsrc"], default=None)
     options = parser.parse_args()
+    watchdog(240)
     torch.set_num_threads(1)
     trainer = train(
         options.output_dir, options.tokenizer_dir, options.per_device_batch, options.steps, options.objective

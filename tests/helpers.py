@@ -11,6 +11,10 @@ import copy
 import io
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -428,3 +432,72 @@ def write_class_folders(image_dir: Path, files: dict[str, list[str]], empty: boo
             else:
                 write_png(image_dir / folder / name, value=index)
     return image_dir
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# processes started by tests: bounded in time, killed with everything they started
+
+#: process groups of the commands `run_bounded` is running; the suite's watchdog (conftest.py) kills them too
+RUNNING_GROUPS: set[int] = set()
+
+
+def kill_group(group: int) -> None:
+    """SIGKILL every process of the process group `group` (a command started by `run_bounded` and its children)."""
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_bounded(command: list[str], timeout_s: float, **kwargs) -> subprocess.CompletedProcess:
+    """Run `command` (output captured as text) in a session of its own and return its `CompletedProcess`.
+
+    Past `timeout_s` the whole process group is killed — a launcher's workers too, which `subprocess.run(timeout=)`
+    leaves running, holding the output pipes open — and the test fails with what the command printed so far. Its
+    stragglers are killed when it returns as well."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs
+    )
+    RUNNING_GROUPS.add(process.pid)
+    try:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            kill_group(process.pid)
+            stdout, stderr = process.communicate()
+            raise AssertionError(
+                f"{' '.join(command[:6])} ... did not finish within {timeout_s:.0f} s and was killed with its "
+                f"children.\n--- stdout (end) ---\n{stdout[-3000:]}\n--- stderr (end) ---\n{stderr[-6000:]}"
+            ) from None
+    finally:
+        kill_group(process.pid)
+        RUNNING_GROUPS.discard(process.pid)
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def torchrun_command(processes: int = 2) -> list[str]:
+    """`torchrun --standalone` (its rendezvous on localhost) with `processes` CPU workers."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+
+
+def distributed_environment(**extra: str) -> dict[str, str]:
+    """This process's environment for a distributed launcher: without the variables of an enclosing launch, with one
+    intra-op thread per worker (what torchrun gives each worker anyway), offline, plus `extra`."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    environment.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)
+    return environment
+
+
+def watchdog(seconds: float) -> None:
+    """In a worker process started by a test: dump every thread's stack and exit if still running after `seconds`
+    (a hung collective then fails fast, with its stack in the test's output, instead of waiting out gloo's 30 min)."""
+    import faulthandler
+
+    faulthandler.dump_traceback_later(seconds, exit=True)

@@ -756,8 +756,9 @@ def test_cli_converts_and_saves_an_adapter(tmp_path):
     args = ["--method", "maple", "--checkpoint", str(checkpoint), "--base", str(base_dir), "--output", str(output)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "mudpt_peft.convert", *args], cwd=REPO, env=env, capture_output=True, text=True
-    )
+        [sys.executable, "-m", "mudpt_peft.convert", *args], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     trainable = 3 * 2 * WT + 3 * (WV * WT + WV)  # text prompts + one Linear per layer

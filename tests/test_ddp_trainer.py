@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,6 +14,7 @@ import torch
 from peft import get_peft_model_state_dict
 
 from .ddp_train_script import build_model, build_trainer, train
+from .helpers import distributed_environment, free_port, run_bounded, torchrun_command
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).with_name("ddp_train_script.py")
@@ -29,18 +28,12 @@ def adapter(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def launcher_command(launcher: str) -> list[str]:
     """The command that starts 2 CPU processes of the training script: torchrun, or `accelerate launch` (whose
     `--multi_gpu` launcher is torchrun underneath; without a GPU each worker's Trainer initialises gloo, i.e. DDP on
     CPU, which `--cpu` would not do: `--cpu` with several processes needs MPI)."""
     if launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        return torchrun_command(2)
     return [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
@@ -57,9 +50,7 @@ def test_promptsrc_under_ddp_equals_one_process_with_the_global_batch(tmp_path, 
         str(SCRIPT), "--output-dir", str(ddp_dir), "--tokenizer-dir", str(tokenizer_dir),
         "--per-device-batch", "4", "--steps", "3", "--objective", "promptsrc",
     ]  # fmt: skip
-    environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    environment["OMP_NUM_THREADS"] = "1"
-    run = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
+    run = run_bounded(command, timeout_s=300, cwd=ROOT, env=distributed_environment())
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     rank0, rank1 = (torch.load(ddp_dir / f"adapter_rank{r}.pt") for r in (0, 1))
     assert all(torch.equal(rank0[key], rank1[key]) for key in rank0)
@@ -79,11 +70,10 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, tokeniz
         str(SCRIPT), "--output-dir", str(ddp_dir), "--tokenizer-dir", str(tokenizer_dir),
         "--per-device-batch", "4", "--steps", "3",
     ]  # fmt: skip
-    environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    environment["OMP_NUM_THREADS"] = "1"
-    environment["HF_HOME"] = str(tmp_path / "hf_home")  # no developer accelerate config (default_config.yaml)
+    # HF_HOME: no developer accelerate config (default_config.yaml)
+    environment = distributed_environment(HF_HOME=str(tmp_path / "hf_home"))
     start = time.perf_counter()
-    run = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
+    run = run_bounded(command, timeout_s=300, cwd=ROOT, env=environment)
     elapsed = time.perf_counter() - start
     print(f"\n{launcher} (2 CPU processes, 3 steps, evaluate, save) wall time: {elapsed:.1f} s")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]

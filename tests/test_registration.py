@@ -76,7 +76,7 @@ def _find_python(version: str) -> str | None:
     ]
     for candidate in filter(None, candidates):
         probe = subprocess.run(
-            [candidate, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True
+            [candidate, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True, timeout=60
         )
         if probe.returncode == 0 and f"(3, {version.split('.')[1]})" in probe.stdout:
             return candidate

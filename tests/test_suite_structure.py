@@ -8,11 +8,14 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 TEST_MODULES = sorted(TESTS.glob("test_*.py"))
-#: The modules that test modules may import (ddp_train_script.py also runs as a script), and conftest.py.
+#: The modules that test modules may import (the ddp_*_script.py files also run as scripts), and conftest.py.
 SHARED_MODULES = [
     TESTS / name
-    for name in ("helpers.py", "official_reference.py", "hub_server.py", "ddp_train_script.py", "conftest.py")
-]
+    for name in (
+        "helpers.py", "official_reference.py", "hub_server.py", "ddp_train_script.py", "ddp_raw_script.py",
+        "conftest.py",
+    )
+]  # fmt: skip
 
 
 def imported_modules(source: str) -> list[tuple[int, str]]:
