@@ -600,13 +600,15 @@ class PromptTuningTrainer(Trainer):
     # saving
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save the adapter (the PeftModel saves adapter weights and config only), the MuDPT model card and the
-        tokenizer / processor."""
+        """Save the adapter (the PeftModel saves adapter weights and config only), the MuDPT model card (peft's own
+        card for other adapters, e.g. a LoRA baseline) and the tokenizer / processor."""
         super()._save(output_dir, state_dict=state_dict)
         if not self.args.should_save:
             return
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        write_model_card(self.model, output_dir)  # the MuDPT card, with the evaluations recorded so far
+        configs = self.model.peft_config.values() if isinstance(self.model, PeftModel) else ()
+        if all(isinstance(config, MuDPTConfig) for config in configs):
+            write_model_card(self.model, output_dir)  # the MuDPT card, with the evaluations recorded so far
         if self.processor is not None:
             self.processor.save_pretrained(output_dir)
         elif self.tokenizer is not None and hasattr(self.tokenizer, "save_pretrained"):
