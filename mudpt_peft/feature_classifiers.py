@@ -18,7 +18,9 @@ project's [`~mudpt_peft.data.ImageClassificationCollator`]) and zero-shot class 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -28,9 +30,13 @@ from torch import nn
 
 from ._utils import first_float_parameter, projected_features, short_repr
 
+#: The `format` recorded in the metadata of the files of [`LinearProbe.save`] and [`TipAdapter.save`].
+FILE_FORMAT = "mudpt_peft.feature_classifiers/1"
+
 __all__ = [
     "COOP_C_GRID",
     "COOP_C_SEARCH_STEPS",
+    "COOP_VAL_SHOTS",
     "TIP_ADAPTER_CONFIGS",
     "FeatureSet",
     "LinearProbe",
@@ -47,6 +53,8 @@ __all__ = [
 COOP_C_GRID: tuple[float, ...] = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 #: The refinement steps of CoOp's search of `C` (`--num_step`, 8 in `linear_probe.sh` and by default).
 COOP_C_SEARCH_STEPS = 8
+#: The validation images per class of CoOp's linear probe, by training shots (`val_shot_list`: `min(shots, 4)`).
+COOP_VAL_SHOTS: dict[int, int] = {1: 1, 2: 2, 4: 4, 8: 4, 16: 4}
 
 #: The per-dataset settings of the official Tip-Adapter configs (`configs/<dataset>.yaml`), under this project's
 #: dataset names: `search_scale` (largest `beta`, largest `alpha`), `search_step` (grid sizes), `init_beta`,
@@ -258,6 +266,46 @@ def zero_shot_text_weights(classifier: nn.Module, disable_adapter: bool = True) 
     finally:
         classifier.train(was_training)
     return weights
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# files
+
+
+def _save(path: str | os.PathLike, tensors: dict[str, torch.Tensor], kind: str, settings: dict[str, Any]) -> None:
+    """Write `tensors` and `settings` to one safetensors file, through a temporary file and `os.replace` (a reader
+    sees the old file or the new one, never a part)."""
+    from safetensors.torch import save_file
+
+    path = os.fspath(path)
+    metadata = {"format": FILE_FORMAT, "class": kind, "settings": json.dumps(settings)}
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _load(path: str | os.PathLike, kinds: Sequence[str]) -> tuple[str, dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors import SafetensorError, safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"No file at {path!r}: pass the path that `save` wrote.")
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except SafetensorError as error:
+        raise ValueError(f"{path!r} is not a safetensors file ({error}).") from None
+    if metadata.get("format") != FILE_FORMAT or metadata.get("class") not in kinds:
+        raise ValueError(
+            f"{path!r} holds no {' or '.join(kinds)} (its metadata: {short_repr(metadata)}): load it with the class "
+            "that saved it."
+        )
+    return metadata["class"], tensors, json.loads(metadata["settings"])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -494,6 +542,26 @@ class LinearProbe(nn.Module):
         logits = self(features)
         return _accuracy(logits, _check_labels(labels, "labels", logits.shape[0]))
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Save the fitted probe (weights and settings) to one safetensors file; reload with [`LinearProbe.load`]."""
+        self._check_fitted()
+        settings = dict(C=self.C, max_iter=self.max_iter, tol=self.tol, fit_intercept=self.fit_intercept)
+        settings.update(num_classes=self.num_classes, n_iter=self.n_iter_, converged=self.converged_)
+        _save(path, {"weight": self.weight, "bias": self.bias}, "LinearProbe", settings)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LinearProbe:
+        """A probe saved with [`~LinearProbe.save`] (on the CPU)."""
+        _, tensors, settings = _load(path, ["LinearProbe"])
+        probe = cls(settings["C"], settings["max_iter"], settings["tol"], settings["fit_intercept"])
+        probe.weight, probe.bias = tensors["weight"], tensors["bias"]
+        probe.num_classes, probe.n_iter_, probe.converged_ = (
+            settings["num_classes"],
+            settings["n_iter"],
+            settings["converged"],
+        )
+        return probe
+
     @classmethod
     def search(
         cls,
@@ -510,8 +578,8 @@ class LinearProbe(nn.Module):
         """Fit probes for CoOp's search of `C` (see [`coop_c_search`]) on the validation accuracy, and return the
         probe of the chosen `C`.
 
-        CoOp draws the validation split as `min(shots, 4)` images per class (1, 2, 4, 4, 4 for 1, 2, 4, 8, 16
-        shots); pass that split as `val_features` / `val_labels`.
+        CoOp draws the validation split as `min(shots, 4)` images per class ([`COOP_VAL_SHOTS`]: 1, 2, 4, 4, 4 for
+        1, 2, 4, 8, 16 shots); pass that split as `val_features` / `val_labels`.
 
         Args:
             train_features (`torch.Tensor`): `(samples, dim)` training features.
@@ -706,6 +774,25 @@ class TipAdapter(nn.Module):
         """The top-1 accuracy (in [0, 1]) on L2-normalised `features` with `labels`."""
         logits = self(features)
         return _accuracy(logits, _check_labels(labels, "labels", logits.shape[0], self.num_classes))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save the text weights, the cache (the fine-tuned keys of Tip-Adapter-F), `alpha`, `beta` and
+        `logit_scale` to one safetensors file; reload with [`TipAdapter.load`]."""
+        self._check_cache()
+        tensors = {"text_weights": self.text_weights, "cache_keys": self.cache_keys, "cache_values": self.cache_values}
+        settings = dict(alpha=self.alpha, beta=self.beta, logit_scale=self.logit_scale)
+        _save(path, tensors, type(self).__name__, settings)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TipAdapter:
+        """A [`TipAdapter`] or [`TipAdapterF`] saved with [`~TipAdapter.save`] (on the CPU), of the class that saved
+        it (`TipAdapter.load` reads both; `TipAdapterF.load` a Tip-Adapter-F only)."""
+        kinds = {"TipAdapter": TipAdapter, "TipAdapterF": TipAdapterF}
+        kind, tensors, settings = _load(path, [name for name, k in kinds.items() if issubclass(k, cls)])
+        adapter = kinds[kind](tensors["text_weights"], settings["alpha"], settings["beta"], settings["logit_scale"])
+        adapter.cache_keys = nn.Parameter(tensors["cache_keys"], requires_grad=False)
+        adapter.cache_values = tensors["cache_values"]
+        return adapter
 
     @torch.no_grad()
     def search(

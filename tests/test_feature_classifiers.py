@@ -454,3 +454,52 @@ def test_feature_helpers_errors_say_what_to_do(tokenizer):
         extract_image_features(model, color_dataset(2), image_processor(), batch_size=0)
     with pytest.raises(ValueError, match="PromptClassifier"):
         zero_shot_text_weights(model)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# files
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_linear_probe_save_load_round_trip(tmp_path, classes):
+    features, labels = blobs(24, classes, 5)
+    probe = LinearProbe(C=0.7, tol=1e-8, max_iter=500).fit(features, labels)
+    probe.save(tmp_path / "probe.safetensors")
+    loaded = LinearProbe.load(tmp_path / "probe.safetensors")
+    assert (loaded.C, loaded.tol, loaded.max_iter, loaded.num_classes) == (0.7, 1e-8, 500, classes)
+    assert (loaded.n_iter_, loaded.converged_) == (probe.n_iter_, probe.converged_)
+    torch.testing.assert_close(loaded(features), probe(features), rtol=0, atol=0)
+    assert [path.name for path in tmp_path.iterdir()] == ["probe.safetensors"]  # no temporary file left
+
+
+def test_tip_adapters_save_load_round_trip(tmp_path, tip_problem):
+    text, views, train_labels, queries = tip_problem
+    tip = TipAdapter(text, alpha=1.5, beta=4.0, logit_scale=50.0).fit(views, train_labels)
+    tip.save(tmp_path / "tip.safetensors")
+    loaded = TipAdapter.load(tmp_path / "tip.safetensors")
+    assert type(loaded) is TipAdapter and (loaded.alpha, loaded.beta, loaded.logit_scale) == (1.5, 4.0, 50.0)
+    torch.testing.assert_close(loaded(queries), tip(queries), rtol=0, atol=0)
+    tuned = TipAdapterF(text).fit(views, train_labels, epochs=2, batch_size=4)
+    tuned.save(tmp_path / "tip_f.safetensors")
+    for cls in (TipAdapter, TipAdapterF):
+        loaded = cls.load(tmp_path / "tip_f.safetensors")
+        assert type(loaded) is TipAdapterF and not loaded.cache_keys.requires_grad
+        torch.testing.assert_close(loaded(queries), tuned(queries), rtol=0, atol=0)
+
+
+def test_file_errors_say_what_to_do(tmp_path, tip_problem):
+    text, views, train_labels, _ = tip_problem
+    with pytest.raises(ValueError, match="not fitted"):
+        LinearProbe().save(tmp_path / "probe.safetensors")
+    with pytest.raises(ValueError, match="cache is empty"):
+        TipAdapter(text).save(tmp_path / "tip.safetensors")
+    with pytest.raises(ValueError, match="No file"):
+        LinearProbe.load(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        TipAdapter.load(tmp_path / "junk.safetensors")
+    TipAdapter(text).fit(views, train_labels).save(tmp_path / "tip.safetensors")
+    with pytest.raises(ValueError, match="holds no LinearProbe"):
+        LinearProbe.load(tmp_path / "tip.safetensors")
+    with pytest.raises(ValueError, match="holds no TipAdapterF"):
+        TipAdapterF.load(tmp_path / "tip.safetensors")
