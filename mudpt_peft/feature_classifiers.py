@@ -123,6 +123,15 @@ def _check_positive(value: Any, name: str, integer: bool = False, allow_zero: bo
     return value
 
 
+def _check_unit_rows(features: torch.Tensor, name: str, source: str) -> None:
+    norms = features.detach().double().norm(dim=-1)
+    if bool(((norms - 1).abs() > 1e-3).any()):
+        raise ValueError(
+            f"`{name}` must be L2-normalised (norms {float(norms.min()):.4g}..{float(norms.max()):.4g}): use "
+            f"`{source}` or pass `F.normalize({name}, dim=-1)`."
+        )
+
+
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy in [0, 1] (ties go to the lower class index, as `argmax` decides them)."""
     return float((logits.argmax(dim=-1) == labels.to(logits.device)).double().mean())
@@ -510,7 +519,7 @@ class LinearProbe(nn.Module):
             optimizer.step(closure)
             loss = self._objective(features, labels, weight, bias)
             gradients = torch.autograd.grad(loss, parameters)
-        state = optimizer.state[optimizer._params[0]]
+        state = optimizer.state[weight]  # L-BFGS keeps its state under its first parameter
         self.n_iter_ = int(state.get("n_iter", 0))
         self.gradient_max_ = max(float(g.abs().max()) for g in gradients)
         # met `tol`, or stopped before `max_iter` because the objective no longer changed (scipy's `ftol` stop)
@@ -700,6 +709,7 @@ class TipAdapter(nn.Module):
         text_weights = _check_features(text_weights, "text_weights")
         if text_weights.shape[0] < 2:
             raise ValueError("`text_weights` has one class: a classifier needs at least 2.")
+        _check_unit_rows(text_weights, "text_weights", "zero_shot_text_weights(classifier)")
         self.register_buffer("text_weights", text_weights.detach().clone())
         self.alpha = float(_check_positive(alpha, "alpha", allow_zero=True))
         self.beta = float(_check_positive(beta, "beta", allow_zero=True))
@@ -741,12 +751,7 @@ class TipAdapter(nn.Module):
 
     def _check_queries(self, features: torch.Tensor, name: str = "features") -> torch.Tensor:
         features = _check_features(features, name, self.text_weights.shape[1])
-        norms = features.detach().double().norm(dim=-1)
-        if bool(((norms - 1).abs() > 1e-3).any()):
-            raise ValueError(
-                f"`{name}` must be L2-normalised (norms {float(norms.min()):.4g}..{float(norms.max()):.4g}): extract "
-                "them with `extract_image_features(..., normalize=True)` or pass `F.normalize(features, dim=-1)`."
-            )
+        _check_unit_rows(features, name, "extract_image_features(..., normalize=True)")
         return features.to(self.text_weights.device, self.text_weights.dtype)
 
     def affinity(self, features: torch.Tensor) -> torch.Tensor:

@@ -357,6 +357,25 @@ def test_tip_adapter_f_searches_alpha_and_beta_with_the_fine_tuned_keys(tip_prob
     torch.testing.assert_close(tip.cache_keys.detach(), keys, rtol=0, atol=0)  # the search trains nothing
 
 
+def test_tip_adapter_f_keeps_the_epoch_best_on_validation(tip_problem):
+    # validation does not change the training trajectory (seeded shuffling): without it the last epoch is kept
+    text, views, train_labels, _ = tip_problem
+    val = unit(30, 6, 6)
+    val_labels = torch.randint(0, 4, (30,), generator=torch.Generator().manual_seed(7))
+    settings = dict(epochs=12, lr=0.05, batch_size=4, search_step=(2, 2))
+    kept = TipAdapterF(text, alpha=3.0, beta=2.0).fit(views[0], train_labels, val, val_labels, **settings)
+    last = TipAdapterF(text, alpha=3.0, beta=2.0).fit(views[0], train_labels, **settings)
+    values = F.one_hot(train_labels, 4).to(F64)
+
+    def accuracy(keys: torch.Tensor) -> float:  # at the initial alpha and beta
+        logits = 100 * val @ text.t() + 3.0 * torch.exp(-2.0 * (1 - val @ keys.t())) @ values
+        return float((logits.argmax(-1) == val_labels).double().mean())
+
+    assert accuracy(kept.cache_keys.detach()) >= accuracy(last.cache_keys.detach())
+    assert not torch.equal(kept.cache_keys, last.cache_keys)  # here an earlier epoch is as good: the earlier is kept
+    assert (last.alpha, last.beta) == (3.0, 2.0)  # no validation split: no search
+
+
 def test_tip_adapter_errors_say_what_to_do(tip_problem):
     text, views, train_labels, queries = tip_problem
     with pytest.raises(ValueError, match="cache is empty"):
@@ -380,6 +399,8 @@ def test_tip_adapter_errors_say_what_to_do(tip_problem):
         TipAdapter(text, alpha=-1.0)
     with pytest.raises(ValueError, match="at least 2"):
         TipAdapter(text[:1])
+    with pytest.raises(ValueError, match="`text_weights` must be L2-normalised.*zero_shot_text_weights"):
+        TipAdapter(2 * text)
     with pytest.raises(ValueError, match="beta, alpha"):
         tip_adapter_grid((7.0,), (200, 20))
     with pytest.raises(ValueError, match="epochs"):
