@@ -13,6 +13,18 @@ offline, from the data the examples use, see `examples/tiny_clip_data.py`):
 - ``animal_base_to_new``: Animal-MNIST (full resolution) split base-to-new (bear ... dog base, elephant ... zebra new):
   trained on base classes only, evaluated on base and new test images with their own class names; harmonic mean.
 
+Besides the prompt methods (every preset of `mudpt_peft.methods.METHODS`), the peers:
+
+- ``clip-lora``: peft's LoRA with CLIP-LoRA's settings and recipe (`mudpt_peft.clip_lora`), trained by
+  `PromptTuningTrainer` like the prompt methods (no augmentation, like them here; 500 x shots steps of batch 32);
+- ``linear-probe``: CoOp's linear probe on the frozen image features (`mudpt_peft.feature_classifiers`), C searched on
+  a validation split of ``min(shots, 4)`` images per class drawn from the rest of the pool;
+- ``tip-adapter`` and ``tip-adapter-f``: Tip-Adapter's cache of 10 augmented views per training image, (beta, alpha)
+  searched on the same validation split over the default grid (largest beta 7, largest alpha 3), init alpha 1, beta 1;
+  Tip-Adapter-F fine-tuned for 20 epochs.
+
+The three feature classifiers cannot name classes they never saw, so they skip the base-to-new task.
+
 Results are appended one JSON line per run to ``<results>/fewshot_grid.jsonl`` (a rerun skips what is there, so an
 interrupted grid resumes), and a markdown table (mean ± std over seeds) and a plot (accuracy vs shots per method) are
 written to ``<results>/fewshot_grid.md`` and ``<results>/fewshot_grid.png``.
@@ -40,9 +52,18 @@ from peft import get_peft_model
 from transformers import AutoProcessor, CLIPModel, HfArgumentParser, set_seed
 from transformers.utils import logging as hf_logging
 
-from mudpt_peft import PromptTuningTrainer, default_training_arguments
-from mudpt_peft.data import base_to_new, few_shot
+from mudpt_peft import PromptClassifier, PromptTuningTrainer, default_training_arguments
+from mudpt_peft.clip_lora import clip_lora_config, clip_lora_training_arguments
+from mudpt_peft.data import ImageClassificationCollator, base_to_new, few_shot
 from mudpt_peft.evaluation import evaluate, harmonic_mean
+from mudpt_peft.feature_classifiers import (
+    COOP_VAL_SHOTS,
+    LinearProbe,
+    TipAdapter,
+    TipAdapterF,
+    extract_image_features,
+    zero_shot_text_weights,
+)
 from mudpt_peft.methods import METHODS as TUNED_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +71,12 @@ sys.path.insert(0, str(ROOT / "examples"))
 import tiny_clip_data  # noqa: E402
 from fewshot import EMBEDDED_MODEL, preset  # noqa: E402
 
-METHODS = ("zero-shot", *TUNED_METHODS)
+#: the peers trained like a prompt method (`PromptTuningTrainer`), and the classifiers on frozen features
+TRAINED_PEERS = ("clip-lora",)
+FEATURE_PEERS = ("linear-probe", "tip-adapter", "tip-adapter-f")
+METHODS = ("zero-shot", *TUNED_METHODS, *TRAINED_PEERS, *FEATURE_PEERS)
+#: augmented views per training image in Tip-Adapter's cache (the official `augment_epoch`)
+TIP_VIEWS = 10
 TASKS = ("digits8x8", "fashion_inverted", "animal_lowres", "animal_base_to_new")
 
 
@@ -162,30 +188,69 @@ def load_task(name: str, test_per_class: int, pool_per_class: int) -> Task:
 # one run
 
 
+def applies(method: str, task: Task) -> bool:
+    """Whether `method` runs on `task`: the feature classifiers have no weights for unseen classes (no base-to-new)."""
+    return method not in FEATURE_PEERS or task.train_split == "all"
+
+
+def _validation_split(task: Task, shots: int, seed: int):
+    """CoOp's linear-probe validation split: `min(shots, 4)` images per class of the pool, none of them among the
+    `few_shot(task.pool, shots, seed)` training images (the same sampler on the remaining rows)."""
+    rows = few_shot(task.pool.add_column("pool_row", list(range(len(task.pool)))), shots, seed)["pool_row"]
+    rest = task.pool.select(sorted(set(range(len(task.pool))) - set(rows)))
+    return few_shot(rest, COOP_VAL_SHOTS.get(shots, min(shots, 4)), seed)
+
+
+def run_feature_peer(task: Task, method: str, shots: int, seed: int, model: CLIPModel, processor) -> dict:
+    """The linear probe or Tip-Adapter(-F) on the frozen features: the test accuracies (percent) and the chosen
+    hyper-parameters."""
+    tokenizer, image_processor = processor.tokenizer, processor.image_processor
+    set_seed(seed)
+    train, val, test = few_shot(task.pool, shots, seed), _validation_split(task, shots, seed), task.tests["all"]
+    if method == "linear-probe":
+        features = [extract_image_features(model, split, image_processor, normalize=False) for split in (train, val)]
+        test_features = extract_image_features(model, test, image_processor, normalize=False)
+        result = LinearProbe.search(features[0].features, features[0].labels, features[1].features, features[1].labels)
+        return {"accuracy": {"all": 100 * result.probe.score(test_features.features, test_features.labels)},
+                "chosen": {"C": result.C}}  # fmt: skip
+    classifier = PromptClassifier(model, tokenizer, task.class_names["all"], template=task.template)
+    weights = zero_shot_text_weights(classifier)
+    augment = ImageClassificationCollator(image_processor, augment=True, scale=(0.5, 1.0))
+    views = torch.stack(
+        [extract_image_features(model, train, collator=augment, normalize=False).features for _ in range(TIP_VIEWS)]
+    )
+    labels = extract_image_features(model, train, image_processor).labels
+    val_features = extract_image_features(model, val, image_processor)
+    test_features = extract_image_features(model, test, image_processor)
+    adapter = TipAdapter(weights) if method == "tip-adapter" else TipAdapterF(weights)
+    adapter.fit(views, labels, val_features.features, val_features.labels)
+    return {"accuracy": {"all": 100 * adapter.score(test_features.features, test_features.labels)},
+            "chosen": {"alpha": adapter.alpha, "beta": adapter.beta}}  # fmt: skip
+
+
 def run_one(task: Task, method: str, shots: int, seed: int, model_path: str, processor) -> dict:
     """Trains `method` on `shots` images per class (seed `seed`) and returns the test accuracies (percent)."""
     tokenizer, image_processor = processor.tokenizer, processor.image_processor
     start = time.perf_counter()
     model = CLIPModel.from_pretrained(model_path, dtype=torch.float32)
     steps = 0
+    if method in FEATURE_PEERS:
+        record = run_feature_peer(task, method, shots, seed, model, processor)
+        return {**record, "steps": 0, "seconds": round(time.perf_counter() - start, 2)}
     if method == "zero-shot":
         evaluated = model
     else:
         set_seed(seed)
-        evaluated = get_peft_model(model, preset(method, model))
+        peer = method in TRAINED_PEERS
+        evaluated = get_peft_model(model, clip_lora_config() if peer else preset(method, model))
         train = few_shot(task.pool, shots, seed)
         with tempfile.TemporaryDirectory() as output_dir:
-            args = default_training_arguments(
-                method,
-                output_dir,
-                shots=shots,
-                use_cpu=True,
-                seed=seed,
-                report_to=[],
-                save_strategy="no",
-                logging_strategy="no",
-                disable_tqdm=True,
-            )
+            quiet = dict(use_cpu=True, seed=seed, report_to=[], save_strategy="no", logging_strategy="no",
+                         disable_tqdm=True)  # fmt: skip
+            if peer:
+                args = clip_lora_training_arguments(output_dir, shots, **quiet)
+            else:
+                args = default_training_arguments(method, output_dir, shots=shots, **quiet)
             trainer = PromptTuningTrainer(
                 evaluated,
                 task.class_names[task.train_split],
@@ -194,7 +259,7 @@ def run_one(task: Task, method: str, shots: int, seed: int, model_path: str, pro
                 train_dataset=train,
                 image_processor=image_processor,
                 template=task.template,
-                objective=method,  # KgCoOp / PromptSRC: their own loss
+                objective=None if peer else method,  # KgCoOp / PromptSRC: their own loss
             )
             steps = trainer.train().global_step
     accuracy = {
@@ -290,38 +355,61 @@ def _plot(grouped, tasks, methods, shots, path: Path) -> None:
         return
     columns = 2
     rows = math.ceil(len(tasks) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(11, 4.2 * rows), squeeze=False)
-    colors = plt.get_cmap("tab10")
+    figure, axes = plt.subplots(rows, columns, figsize=(14, 5.2 * rows), squeeze=False)
+    prompt_colors, peer_colors = plt.get_cmap("tab20"), plt.get_cmap("Dark2")
     tuned = [method for method in methods if method != "zero-shot"]
+    prompts = [method for method in tuned if method not in (*TRAINED_PEERS, *FEATURE_PEERS)]
+    peers = [method for method in tuned if method not in prompts]
+    # each method's points sit slightly apart along the (log2) shots axis, so that error bars do not overlap
+    spread = 0.5 / max(len(tuned), 1)
     for axis, task in zip(axes.flat, tasks, strict=False):
         for method in methods:
-            color = colors([0, 1, 2, 3, 4, 5, 6, 8, 9][tuned.index(method) % 9]) if method in tuned else None
             if method == "zero-shot":
                 values = [_headline(r) for r in grouped.get((task, method, 0), [])]
                 if values:
-                    axis.axhline(float(np.mean(values)), color="gray", linestyle="--", label="zero-shot")
+                    axis.axhline(float(np.mean(values)), color="gray", linestyle=":", linewidth=1.5, label="zero-shot")
                 continue
-            xs, means, stds = [], [], []
+            xs, means, lower, upper = [], [], [], []
+            offset = 2 ** ((tuned.index(method) - (len(tuned) - 1) / 2) * spread)
             for k in shots:
                 values = [_headline(r) for r in grouped.get((task, method, k), [])]
                 if values:
-                    xs.append(k)
-                    means.append(float(np.mean(values)))
-                    stds.append(float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
-            if xs:
-                axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3, color=color, label=method)
+                    mean = float(np.mean(values))
+                    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                    xs.append(k * offset)
+                    means.append(mean)
+                    lower.append(min(std, mean))
+                    upper.append(min(std, 100.0 - mean))  # accuracy is at most 100: the bar stops there
+            if not xs:
+                continue
+            if method in prompts:
+                style = dict(color=prompt_colors(2 * prompts.index(method) % 20), marker="o", linestyle="-")
+            else:
+                style = dict(color=peer_colors(peers.index(method) % 8), marker="s", linestyle="--")
+            axis.errorbar(xs, means, yerr=[lower, upper], capsize=2, markersize=4, linewidth=1.3,
+                          elinewidth=0.8, label=method + (" (peer)" if method in peers else ""), **style)  # fmt: skip
         axis.set_xscale("log", base=2)
         axis.set_xticks(shots, [str(k) for k in shots])
         axis.set_xlabel("shots per class")
         axis.set_ylabel("HM of base and new (%)" if task == "animal_base_to_new" else "accuracy (%)")
+        bottom, top = axis.get_ylim()
+        axis.set_ylim(max(bottom, 0.0), min(top, 100.0))  # the axis never runs past 100 %
         axis.set_title(task)
         axis.grid(alpha=0.3)
     for axis in list(axes.flat)[len(tasks) :]:
         axis.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), frameon=False)
-    figure.suptitle("Few-shot prompt tuning of the embedded tiny CLIP (mean ± std over seeds)")
-    figure.tight_layout(rect=(0, 0.05, 1, 0.97))
+    handles, labels = {}, []
+    for axis in axes.flat:  # every method that appears in some panel, in the order of `methods`
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    labels = list(handles)
+    figure.legend([handles[label] for label in labels], labels, loc="lower center", ncol=min(len(labels), 6),
+                  frameon=False)  # fmt: skip
+    figure.suptitle(
+        "Few-shot tuning of the embedded tiny CLIP (mean ± std over seeds): prompt methods (solid), peers (dashed)"
+    )
+    legend_rows = math.ceil(len(labels) / 6)
+    figure.tight_layout(rect=(0, 0.035 * legend_rows / rows * 2, 1, 0.97))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
@@ -364,7 +452,7 @@ def main() -> None:
             for seed in seeds:
                 for method in methods:
                     key = (task_name, method, 0, 0) if method == "zero-shot" else (task_name, method, shot, seed)
-                    if key in done:
+                    if key in done or not applies(method, task):
                         continue
                     record = {"task": key[0], "method": method, "shots": key[2], "seed": key[3]}
                     record.update(run_one(task, method, max(shot, 1), seed, args.model, processor))
