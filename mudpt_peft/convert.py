@@ -129,6 +129,10 @@ def convert_official(
       `V[i]`, `i = 1..D-1`. Vision only.
     - `ivlp`: `prompt_learner.ctx` -> `T[0]`; `text_encoder.transformer.resblocks.{i}.VPT_shallow` -> `T[i]`; the
       `vpt` keys -> `V`. The towers' depths and token counts may differ.
+    - `kgcoop` (`htyao89/KgCoOp` `trainers/kgcoop.py`; the prompt learner only): as `coop`; its `bias_vectors` and
+      `meta_net.linear1`, which the official forward never uses, are dropped with a warning. Preset `kgcoop`.
+    - `promptsrc` (`muzairkhattak/PromptSRC` `trainers/promptsrc.py`): as `ivlp` (the checkpoint holds the prompts
+      after its Gaussian aggregation). Preset `promptsrc`.
     - `maple`: `prompt_learner.ctx` -> `T[0]`; `prompt_learner.compound_prompts_text.{k}` -> `T[k+1]`;
       `prompt_learner.proj` -> vision fusion `projections[0]`; `prompt_learner.compound_prompt_projections.{k}` ->
       `projections[k+1]`. No learned vision prompts.
@@ -584,6 +588,21 @@ def _plan_coop(plan: _Plan) -> None:
     plan.overrides.update(depth=1, n_ctx=n_ctx or 1)
 
 
+def _plan_kgcoop(plan: _Plan) -> None:
+    """KgCoOp's prompt learner: CoOp's `ctx`, plus `bias_vectors` and a `meta_net.linear1` that the official
+    `trainers/kgcoop.py` creates (and its optimizer steps) but its forward never uses: dropped with a warning."""
+    _plan_coop(plan)
+    plan.overrides["ctx_init"] = None  # the context comes from the checkpoint: no initialisation to tokenize
+    prefix = "prompt_learner." if "prompt_learner.ctx" in plan.state else ""
+    unused = [f"{prefix}bias_vectors", f"{prefix}meta_net.linear1.weight", f"{prefix}meta_net.linear1.bias"]
+    for key in unused:
+        if key in plan.state:
+            plan.drop(key)
+    plan.dropped_reason = (
+        "KgCoOp's prompt learner holds tensors that its forward never uses (official trainers/kgcoop.py)."
+    )
+
+
 def _plan_cocoop(plan: _Plan) -> None:
     prefixes = [prefix for prefix in ("", "prompt_learner.") if f"{prefix}ctx" in plan.state]
     if len(prefixes) > 1:
@@ -628,6 +647,11 @@ def _plan_ivlp(plan: _Plan) -> None:
         plan.overrides.update(text_depth=text_depth, vision_depth=vision_depth)
     if vision_n_ctx is not None and vision_n_ctx != n_ctx:
         plan.overrides["vision_n_ctx"] = vision_n_ctx
+
+
+def _plan_promptsrc(plan: _Plan) -> None:
+    _plan_ivlp(plan)
+    plan.overrides["ctx_init"] = None  # the context comes from the checkpoint: no initialisation to tokenize
 
 
 def _plan_maple(plan: _Plan) -> None:
@@ -840,6 +864,10 @@ _PLANNERS = {
     "vpt": _plan_vpt,
     "ivlp": _plan_ivlp,
     "maple": _plan_maple,
+    "kgcoop": _plan_kgcoop,
+    # PromptSRC's model is IVLP's (`VPT_shallow` deep prompts in both encoders); its checkpoint holds the prompts after
+    # the Gaussian aggregation over epochs
+    "promptsrc": _plan_promptsrc,
     "mudpt-linear": _plan_mudpt_linear,
     "mudpt-linear-v1": _plan_mudpt_linear_v1_only,
     "mudpt": _plan_mudpt,

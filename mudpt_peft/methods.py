@@ -101,10 +101,12 @@ _ROWS = (
     Method("kgcoop", {"text_prompts": True, "vision_prompts": False, "fusion": "none", "depth": 1, "n_ctx": 4,
                       "ctx_init": "a photo of a"},
            {"learning_rate": 0.002, "num_train_epochs": 100, "per_device_train_batch_size": 128},
+           official="htyao89/KgCoOp trainers/kgcoop.py",
            recipe_source="htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml", objective="kgcoop",
            adapter="coop"),
     Method("promptsrc", {"fusion": "none", "depth": 9, "n_ctx": 4, "ctx_init": "a photo of a"},
            {"learning_rate": 0.0025, "num_train_epochs": 20, "per_device_train_batch_size": 4},
+           official="muzairkhattak/PromptSRC trainers/promptsrc.py",
            recipe_source="muzairkhattak/PromptSRC configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
            objective="promptsrc", adapter="ivlp"),
 )  # fmt: skip

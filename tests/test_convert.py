@@ -131,6 +131,16 @@ def coop(n_ctx: int = 3, key: str = "ctx") -> Official:
     return official.frozen("prompt_learner" if key.startswith("prompt_learner.") else "", clip=False)
 
 
+def kgcoop(n_ctx: int = 4) -> Official:
+    """KgCoOp's prompt learner: CoOp's `ctx`, and the `bias_vectors` and `meta_net` its forward never uses."""
+    official = Official(seed=8)
+    official.prompt("ctx", "text", 0, n_ctx)
+    official.tensor("bias_vectors", 1, 24)
+    official.tensor("meta_net.linear1.weight", 24, 24)
+    official.tensor("meta_net.linear1.bias", 24)
+    return official.frozen("", clip=False)
+
+
 def vpt(depth: int = 3, n_ctx: int = 2) -> Official:
     official = Official(seed=2)
     official.prompt("image_encoder.VPT", "vision", 0, n_ctx)
@@ -237,6 +247,15 @@ CASES: list[tuple[str, str, Callable[[], Official], dict, str | None]] = [
         "ivlp",
         ivlp,
         {"n_ctx": 2, "resolved_vision_n_ctx": 3, "resolved_text_depth": 3, "resolved_vision_depth": 2},
+        None,
+    ),
+    ("kgcoop", "KgCoOp", kgcoop, {"fusion": "none", "n_ctx": 4, "resolved_text_depth": 1, "vision_prompts": False},
+     "never uses"),
+    (
+        "promptsrc",
+        "promptsrc",
+        lambda: ivlp(text_depth=3, vision_depth=3, n_ctx=2, vision_n_ctx=2),
+        {"fusion": "none", "n_ctx": 2, "resolved_text_depth": 3, "resolved_vision_depth": 3},
         None,
     ),
     ("maple", "MaPLe", maple, {"fusion": "text_to_vision", "n_ctx": 2, "depth": 4, "resolved_vision_depth": 4}, None),
