@@ -57,6 +57,32 @@ def test_collator_errors_name_the_columns():
         ImageClassificationCollator(None)
 
 
+def test_collator_takes_rows_already_processed_to_pixel_values():
+    """A dataset mapped (or `with_transform`-ed) to `pixel_values` is collated as it is, equal to the raw images'."""
+    data = labelled([2, 2, 2])
+    processor = image_processor()
+    raw = ImageClassificationCollator(processor)([data[i] for i in range(6)])
+
+    def to_pixels(batch):
+        return {"pixel_values": processor(images=batch["image"], return_tensors="np")["pixel_values"]}
+
+    mapped = data.map(to_pixels, batched=True, remove_columns=["image"])
+    check_image_classification_dataset(mapped, NAMES[:3])  # no image column needed
+    batch = ImageClassificationCollator(processor)([mapped[i] for i in range(6)])  # lists of floats
+    assert set(batch) == {"pixel_values", "labels"} and torch.equal(batch["labels"], raw["labels"])
+    torch.testing.assert_close(batch["pixel_values"], raw["pixel_values"])
+    transformed = data.with_transform(
+        lambda batch: {"pixel_values": processor(images=batch["image"], return_tensors="pt")["pixel_values"],
+                       "label": batch["label"]}
+    )  # fmt: skip
+    batch = ImageClassificationCollator(processor)([transformed[i] for i in range(6)])  # tensors
+    torch.testing.assert_close(batch["pixel_values"], raw["pixel_values"])
+    with pytest.raises(ValueError, match="cannot be augmented"):
+        ImageClassificationCollator(processor, augment=True)([mapped[0]])
+    with pytest.raises(ValueError, match=r"no image column 'image'.*'pixel_values' column"):
+        ImageClassificationCollator(processor)([{"label": 0}])
+
+
 def test_augmentation_is_seeded_by_torch_and_changes_the_images():
     rows = [labelled([3])[i] for i in range(3)]
     augmenting = ImageClassificationCollator(image_processor(), augment=True)
