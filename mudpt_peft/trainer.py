@@ -143,8 +143,8 @@ class PromptTuningTrainer(Trainer):
     prompt logits of a [`PromptClassifier`] built around the model (`self.classifier`): `logit_scale · cos(image,
     "a photo of a {class}.")`. In training the class prompts are re-encoded on every step, through the (possibly
     DDP-wrapped) model's own forward so that distributed gradient synchronisation applies; in evaluation the
-    classifier's cached class features are used. `evaluate()` reports `eval_accuracy` (top-1, percent) and, with at
-    least 5 classes, `eval_top5_accuracy`, plus whatever a given `compute_metrics` returns.
+    classifier's cached class features are used. `evaluate()` reports `eval_accuracy` (top-1, percent) and, with more
+    than 5 classes, `eval_top5_accuracy`, plus whatever a given `compute_metrics` returns.
 
     Datasets are HF `datasets` with an image column and an integer label column (configurable); they are turned into
     `pixel_values` / `labels` by an [`ImageClassificationCollator`] with the model's image processor (random resized
