@@ -13,6 +13,7 @@ from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import CLIPImageProcessor, TrainingArguments
 
+from mudpt_peft import PromptClassifier
 from mudpt_peft.data import ImageClassificationCollator
 from mudpt_peft.evaluation import evaluate
 from mudpt_peft.trainer import TRAINING_RECIPES, PromptTuningTrainer, default_training_arguments
@@ -100,11 +101,25 @@ def test_training_learns_reports_accuracy_and_saves_the_adapter_only(tokenizer, 
     again = evaluate(reloaded, test, CLASSES, tokenizer, image_processor(), **columns)
     assert again["accuracy"] == independent["accuracy"]
 
+    # every save is a ready classifier: class names in label order, the template, the processor files beside it
+    for directory in [tmp_path / "run" / c for c in checkpoints] + [tmp_path / "final"]:
+        assert {"prompt_classifier.json", "preprocessor_config.json"} <= set(os.listdir(directory))
+    info = json.loads((tmp_path / "final" / "prompt_classifier.json").read_text())
+    assert info["class_names"] == CLASSES and info["template"] == "a photo of a {}."
+    assert "## Classifier" in card and "`prompt_classifier.json` holds the 6 class names" in card
+    assert 'pip install "mudpt-peft @ git+' in card and "pip install mudpt-peft\n" not in card
+    classifier = PromptClassifier.from_pretrained(make_clip(eos_token_id=TOKENIZER_EOS_ID), tmp_path / "final")
+    assert classifier.class_names == CLASSES and classifier.image_processor is not None  # both read from the folder
+    images = [test[i]["img"] for i in range(len(test))]
+    pixel_values = image_processor()(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = trainer.classifier.eval()(pixel_values=pixel_values).logits
+        torch.testing.assert_close(classifier(pixel_values=pixel_values).logits, expected, rtol=0, atol=0)
+    assert classifier.predict(images) == [CLASSES[i] for i in expected.argmax(-1).tolist()]
+
 
 def test_training_step_matches_the_classifier_loss(tokenizer, tmp_path):
     """The training loss (one forward of the wrapped model) is the PromptClassifier's cross-entropy."""
-    from mudpt_peft import PromptClassifier
-
     data = color_dataset(6)
     model = peft_model()
     trainer = PromptTuningTrainer(
