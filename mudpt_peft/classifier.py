@@ -520,7 +520,8 @@ class PromptClassifier(nn.Module):
                 `AutoTokenizer.from_pretrained(base_model.name_or_path)`.
             image_processor (*optional*):
                 The base model's image processor, needed by [`~PromptClassifier.predict`] only; by default the one
-                saved beside the classifier in a local folder (`preprocessor_config.json`), if any.
+                saved beside the classifier in a local folder (`preprocessor_config.json` or a processor's
+                `processor_config.json`), if any.
             adapter_name (`str`, defaults to `"default"`):
                 The name of the loaded adapter: a plain folder name ([`~mudpt_peft.names.check_adapter_name`]).
             is_trainable (`bool`, defaults to `False`):
@@ -616,8 +617,12 @@ def _tokenize_templates(
     return input_ids, mask, lengths
 
 
-#: The files that say a processor part was saved in a folder (`save_pretrained` of a tokenizer / image processor).
-_PROCESSOR_FILES = {"tokenizer": "tokenizer_config.json", "image_processor": "preprocessor_config.json"}
+#: The files that say a processor part was saved in a folder: `save_pretrained` of a tokenizer, of an image
+#: processor, or of a whole processor (`CLIPProcessor`, which holds the image processor's settings).
+_PROCESSOR_FILES = {
+    "tokenizer": ("tokenizer_config.json",),
+    "image_processor": ("preprocessor_config.json", "processor_config.json"),
+}
 
 
 def _saved_processor_folder(source: Any) -> Path | None:
@@ -629,7 +634,7 @@ def _saved_processor_folder(source: Any) -> Path | None:
 
 def _folder_part(folder: Path | None, part: str) -> Any:
     """The tokenizer or image processor saved in `folder` (`AutoTokenizer` / `AutoImageProcessor`), or `None`."""
-    if folder is None or not (folder / _PROCESSOR_FILES[part]).is_file():
+    if folder is None or not any((folder / name).is_file() for name in _PROCESSOR_FILES[part]):
         return None
     from transformers import AutoImageProcessor, AutoTokenizer
 
