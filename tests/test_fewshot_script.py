@@ -28,7 +28,7 @@ import fewshot  # noqa: E402
 
 #: Class names the tiny tokenizer spells (letters only), in the alphabetical order an image folder gives them.
 NAMES = ["cat", "dog", "zebra"]
-COLORS = {"cat": 30, "dog": 130, "zebra": 230}
+COLORS = {"a": 0, "cat": 30, "dog": 130, "zebra": 230}
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +41,9 @@ def model_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def flat_folder(root: Path, per_class: int = 10) -> Path:
+def flat_folder(root: Path, per_class: int = 10, names: list[str] = NAMES) -> Path:
     """`<class>/*.png`: one solid colour per class (a learnable task), `per_class` images each."""
-    for name in NAMES:
+    for name in names:
         for index in range(per_class):
             write_png(root / name / f"{index}.png", value=COLORS[name] + index, size=20)
     return root
@@ -179,3 +179,26 @@ def test_metrics_of_the_embedded_default_record_top5_with_more_than_5_classes(tm
     result = record["methods"]["zero_shot"]["results"]["test"]
     assert "top5_accuracy" in result and len(result["per_class_accuracy"]) == 10
     assert record["model"] == "examples/assets/tiny-clip" and record["dataset"]["test_size"] == 1797 - 10
+
+
+def test_base_to_new_records_both_halves_and_saves_the_base_classifier(model_dir, tmp_path):
+    four = ["a", *NAMES]
+    images = flat_folder(tmp_path / "colors", per_class=6, names=four)
+    record = run(model_dir, tmp_path / "out", "--dataset", str(images), "--methods", "zero-shot,mudpt", "--test_split",
+                 "0.5", "--base_to_new")  # fmt: skip
+    info = record["dataset"]
+    assert info["base_to_new"] and info["base_classes"] == four[:2] and info["new_classes"] == four[2:]
+    for key in ("zero_shot", "mudpt"):
+        results = record["methods"][key]["results"]
+        assert list(results["base"]["per_class_accuracy"]) == four[:2] and results["base"]["num_examples"] == 6
+        assert list(results["new"]["per_class_accuracy"]) == four[2:] and results["new"]["num_examples"] == 6
+        expected_hm = fewshot_hm(results["base"]["accuracy"], results["new"]["accuracy"])
+        assert record["accuracy"][key] == {
+            "base": results["base"]["accuracy"], "new": results["new"]["accuracy"], "hm": expected_hm
+        }  # fmt: skip
+    classifier = PromptClassifier.from_pretrained(CLIPModel.from_pretrained(model_dir), tmp_path / "out" / "mudpt")
+    assert classifier.class_names == four[:2]  # trained on the base classes
+
+
+def fewshot_hm(base: float, new: float) -> float:
+    return 0.0 if base + new == 0 else 2 * base * new / (base + new)
