@@ -28,6 +28,6 @@ for recipe in $recipes; do
       python examples/fewshot.py --methods "$method" --shots 16 --seed 2 --lr "$lr" --output_dir "$out" > "$out.log" 2>&1 ||
         { echo "failed: $method $lr (see $out.log)"; continue; }
     fi
-    echo "| $method | $lr | $(python -c "import json; print(json.load(open('$out/metrics.json'))['$method'])") |"
+    echo "| $method | $lr | $(python -c "import json; print(json.load(open('$out/metrics.json'))['accuracy']['$method'])") |"
   done
 done

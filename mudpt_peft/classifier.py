@@ -515,9 +515,13 @@ class PromptClassifier(nn.Module):
             pretrained_model_name_or_path (`str` or `os.PathLike`):
                 A local folder or a Hub repository id.
             tokenizer (*optional*):
-                The base model's tokenizer; by default `AutoTokenizer.from_pretrained(base_model.name_or_path)`.
+                The base model's tokenizer; by default the one saved beside the classifier in a local folder (as
+                `PromptTuningTrainer.save_model` and `examples/fewshot.py` save it), else
+                `AutoTokenizer.from_pretrained(base_model.name_or_path)`.
             image_processor (*optional*):
-                The base model's image processor, needed by [`~PromptClassifier.predict`] only.
+                The base model's image processor, needed by [`~PromptClassifier.predict`] only; by default the one
+                saved beside the classifier in a local folder (`preprocessor_config.json` or a processor's
+                `processor_config.json`), if any.
             adapter_name (`str`, defaults to `"default"`):
                 The name of the loaded adapter: a plain folder name ([`~mudpt_peft.names.check_adapter_name`]).
             is_trainable (`bool`, defaults to `False`):
@@ -568,8 +572,11 @@ class PromptClassifier(nn.Module):
         hub_kwargs = {key: value for key, value in hub_kwargs.items() if value is not None}
         info, checked = load_classifier_info(pretrained_model_name_or_path, subfolder, **hub_kwargs)
         check_base_model(checked.config, base_model)
+        saved = _saved_processor_folder(checked.source)
         if tokenizer is None:
-            tokenizer = _base_model_tokenizer(base_model)
+            tokenizer = _folder_part(saved, "tokenizer") or _base_model_tokenizer(base_model)
+        if image_processor is None:
+            image_processor = _folder_part(saved, "image_processor")
         if subfolder:
             hub_kwargs["subfolder"] = subfolder
         if checked.source.commit is not None:  # every file from the commit the classifier file was read from
@@ -608,6 +615,37 @@ def _tokenize_templates(
     input_ids = torch.cat([F.pad(b["input_ids"], (0, width - b["input_ids"].shape[1]), value=pad) for b in batches])
     mask = torch.cat([F.pad(b["attention_mask"], (0, width - b["attention_mask"].shape[1])) for b in batches])
     return input_ids, mask, lengths
+
+
+#: The files that say a processor part was saved in a folder: `save_pretrained` of a tokenizer, of an image
+#: processor, or of a whole processor (`CLIPProcessor`, which holds the image processor's settings).
+_PROCESSOR_FILES = {
+    "tokenizer": ("tokenizer_config.json",),
+    "image_processor": ("preprocessor_config.json", "processor_config.json"),
+}
+
+
+def _saved_processor_folder(source: Any) -> Path | None:
+    """The local folder of a classifier (where a trainer also saves the processor files); `None` on the Hub."""
+    if not source.local:
+        return None
+    return Path(source.model_id, source.subfolder or "")
+
+
+def _folder_part(folder: Path | None, part: str) -> Any:
+    """The tokenizer or image processor saved in `folder` (`AutoTokenizer` / `AutoImageProcessor`), or `None`."""
+    if folder is None or not any((folder / name).is_file() for name in _PROCESSOR_FILES[part]):
+        return None
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    loader = AutoTokenizer if part == "tokenizer" else AutoImageProcessor
+    try:
+        return loader.from_pretrained(str(folder))
+    except Exception as error:  # a damaged or foreign file: say which, and what to pass instead
+        raise ValueError(
+            f"PromptClassifier.from_pretrained could not load the {part.replace('_', ' ')} saved in '{folder}' "
+            f"({error}). Pass `{part}=` yourself."
+        ) from error
 
 
 def _base_model_tokenizer(base_model: nn.Module) -> Any:

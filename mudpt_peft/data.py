@@ -24,6 +24,11 @@ __all__ = [
 ]
 
 
+#: The column of images already processed for the model (e.g. by `dataset.map` / `with_transform` with the image
+#: processor): the collator stacks it as it is.
+PIXEL_VALUES = "pixel_values"
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # validation
 
@@ -89,7 +94,8 @@ def check_image_classification_dataset(
         _check_classes_to_learn(class_names)
     if _column_names(dataset) is None:
         return
-    _check_column(dataset, image_column, "image", "image_column")
+    if PIXEL_VALUES not in (_column_names(dataset) or []):  # already processed rows need no image column
+        _check_column(dataset, image_column, "image", "image_column")
     _check_column(dataset, label_column, "label", "label_column")
     feature_names = _class_label_names(dataset, label_column)
     if feature_names is not None and len(feature_names) != len(class_names):
@@ -175,10 +181,11 @@ class ImageClassificationCollator:
     processor.
 
     Rows are dicts such as `{"image": PIL.Image, "label": 3}` (any column names, see `image_column` /
-    `label_column`); images are converted to RGB. With `augment=True` each image first gets a random resized crop
-    (area in `scale`, aspect ratio in `ratio`, resized to the processor's output size) and a random horizontal flip,
-    as in CoOp / MaPLe training; the randomness comes from torch's global RNG, so `torch.manual_seed` (or the Trainer's
-    `seed`) makes it reproducible.
+    `label_column`); images are converted to RGB. Rows already processed for the model (a dataset mapped or
+    `with_transform`-ed to a `pixel_values` column, without the image column) are stacked as they are. With
+    `augment=True` each image first gets a random resized crop (area in `scale`, aspect ratio in `ratio`, resized to
+    the processor's output size) and a random horizontal flip, as in CoOp / MaPLe training; the randomness comes from
+    torch's global RNG, so `torch.manual_seed` (or the Trainer's `seed`) makes it reproducible.
 
     Args:
         image_processor:
@@ -242,13 +249,17 @@ class ImageClassificationCollator:
         if len(rows) == 0:
             raise ValueError("Cannot collate an empty batch.")
         images, labels = [], []
+        # rows already processed (`dataset.map` / `with_transform` to `pixel_values`) are taken as they are
+        processed = self.image_column not in rows[0] and PIXEL_VALUES in rows[0]
         for row in rows:
-            if self.image_column not in row:
+            column = PIXEL_VALUES if processed else self.image_column
+            if column not in row:
                 raise ValueError(
                     f"The rows have no image column {self.image_column!r}; their columns are {list(row)}. Pass the "
-                    "right name with `image_column=`."
+                    f"right name with `image_column=` (rows already processed by the image processor need a "
+                    f"{PIXEL_VALUES!r} column)."
                 )
-            images.append(row[self.image_column])
+            images.append(row[column])
             if self.label_column is not None:
                 if self.label_column not in row:
                     raise ValueError(
@@ -259,11 +270,19 @@ class ImageClassificationCollator:
                 if label is None:
                     raise ValueError(f"A row has no label (None in column {self.label_column!r}).")
                 labels.append(int(label))
-        if self.augment:
+        if processed:
+            if self.augment:
+                raise ValueError(
+                    f"The rows hold {PIXEL_VALUES!r} already processed, which cannot be augmented (the random resized "
+                    "crop and flip work on the images): pass the raw images, or `augment=False`."
+                )
+            pixel_values = torch.stack([torch.as_tensor(np.asarray(value), dtype=torch.float32) for value in images])
+        elif self.augment:
             images = [self.random_resized_crop_and_flip(_to_pil(image)) for image in images]
         else:
             images = [image.convert("RGB") if isinstance(image, Image.Image) else image for image in images]
-        pixel_values = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        if not processed:
+            pixel_values = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         expected = self.expected_size
         if expected is not None and tuple(pixel_values.shape[-2:]) != expected:
             raise ValueError(

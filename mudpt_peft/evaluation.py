@@ -14,19 +14,30 @@ from .classifier import PromptClassifier
 from .data import ImageClassificationCollator, check_image_classification_dataset
 from .model_card import record_eval_result, recorded_eval_results
 
-__all__ = ["accuracy_metrics", "evaluate", "harmonic_mean", "record_eval_result", "recorded_eval_results"]
+__all__ = [
+    "accuracy_metrics",
+    "confusion_matrix",
+    "evaluate",
+    "harmonic_mean",
+    "per_class_accuracy",
+    "record_eval_result",
+    "recorded_eval_results",
+]
 
+
+def _as_tensor(values: Any) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values))
 
 
 def accuracy_metrics(logits: Any, labels: Any) -> dict[str, float]:
-    """Top-1 `accuracy` and, with at least 5 classes, `top5_accuracy`, both in percent.
+    """Top-1 `accuracy` and, with more than 5 classes, `top5_accuracy`, both in percent (with 5 classes or fewer every
+    label is in the top 5, so top-5 accuracy would always be 100).
 
     Args:
         logits (`np.ndarray` or `torch.Tensor`): Scores of shape `(examples, classes)`.
         labels (`np.ndarray` or `torch.Tensor`): Class indices of shape `(examples,)`.
     """
-    logits = torch.as_tensor(np.asarray(logits.detach().cpu() if isinstance(logits, torch.Tensor) else logits))
-    labels = torch.as_tensor(np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels))
+    logits, labels = _as_tensor(logits), _as_tensor(labels)
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(
             f"Expected logits of shape (examples, classes) and labels of shape (examples,), got {tuple(logits.shape)} "
@@ -34,10 +45,42 @@ def accuracy_metrics(logits: Any, labels: Any) -> dict[str, float]:
         )
     labels = labels.long()
     metrics = {"accuracy": 100.0 * (logits.argmax(-1) == labels).float().mean().item()}
-    if logits.shape[1] >= 5:
+    if logits.shape[1] > 5:
         top5 = logits.topk(5, dim=-1).indices
         metrics["top5_accuracy"] = 100.0 * (top5 == labels[:, None]).any(-1).float().mean().item()
     return metrics
+
+
+def confusion_matrix(labels: Any, predictions: Any, num_classes: int) -> list[list[int]]:
+    """The confusion matrix of class indices: `matrix[true][predicted]` is how many examples of class `true` were
+    predicted as `predicted` (rows sum to the examples per class).
+
+    Args:
+        labels (`np.ndarray`, `torch.Tensor` or sequence): The true class indices, shape `(examples,)`.
+        predictions (`np.ndarray`, `torch.Tensor` or sequence): The predicted class indices, shape `(examples,)`.
+        num_classes (`int`): The number of classes (the matrix is `num_classes x num_classes`).
+    """
+    labels, predictions = _as_tensor(labels).long().flatten(), _as_tensor(predictions).long().flatten()
+    if labels.shape != predictions.shape:
+        raise ValueError(f"Got {labels.numel()} labels but {predictions.numel()} predictions.")
+    for name, values in (("labels", labels), ("predictions", predictions)):
+        if values.numel() and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(f"The {name} must be class indices in 0..{num_classes - 1}.")
+    counts = torch.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).tolist()
+
+
+def per_class_accuracy(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> dict[str, float | None]:
+    """Top-1 accuracy in percent of each class (`None` for a class without examples), from a [`confusion_matrix`].
+
+    Args:
+        matrix (`list[list[int]]`): The confusion matrix, `matrix[true][predicted]`.
+        class_names (`Sequence[str]`): The class names, in label order (the keys of the result).
+    """
+    return {
+        str(name): (100.0 * row[index] / sum(row) if sum(row) else None)
+        for index, (name, row) in enumerate(zip(class_names, matrix, strict=True))
+    }
 
 
 def harmonic_mean(base_accuracy: float, new_accuracy: float) -> float:
@@ -64,11 +107,15 @@ def evaluate(
     shots: int | None = None,
     seed: int | None = None,
     templates: Sequence[str] | None = None,
-) -> dict[str, float]:
-    """Classification accuracy of `model` on `dataset` against the prompts of `class_names`.
+    num_workers: int = 0,
+    progress_bar: bool | None = None,
+    return_predictions: bool = False,
+) -> dict[str, Any]:
+    """Classification accuracy of `model` on `dataset` against the prompts of `class_names`, overall and per class.
 
     The model (a `PeftModel` with a prompt adapter, or a plain CLIP-like model for zero-shot CLIP) is wrapped in a
-    [`PromptClassifier`] in eval mode, so the class features are computed once and reused for every batch. The model's
+    [`PromptClassifier`] in eval mode, so the class features are computed once and reused for every batch. The rows
+    are read in batches by a torch `DataLoader` (`num_workers` processes preparing the images), in order. The model's
     train/eval mode is restored afterwards. For cross-dataset evaluation, call this once per target dataset with that
     dataset's own class names.
 
@@ -107,9 +154,17 @@ def evaluate(
             Several templates instead of `template`: prompt ensembling (see [`PromptClassifier`]), e.g. CLIP's
             ImageNet ensemble `mudpt_peft.templates.IMAGENET_80_TEMPLATES`; for a dataset of the CoOp benchmark,
             `mudpt_peft.benchmark_datasets.get_benchmark(name).templates(...)` gives CoOp's zero-shot templates.
+        num_workers (`int`, defaults to 0):
+            Worker processes of the `DataLoader` that reads and processes the images (0: in this process).
+        progress_bar (`bool`, *optional*):
+            Show a tqdm progress bar over the batches; by default shown when stderr is a terminal.
+        return_predictions (`bool`, defaults to `False`):
+            Also return the predicted class index of every example (`predictions`, in dataset order).
 
     Returns:
-        `dict`: `accuracy` (top-1, percent), `top5_accuracy` (percent, with at least 5 classes) and `num_examples`.
+        `dict`: `accuracy` (top-1, percent), `top5_accuracy` (percent, with more than 5 classes), `num_examples`,
+        `per_class_accuracy` (class name -> top-1 percent, `None` for a class without examples), `confusion_matrix`
+        (`matrix[true][predicted]` counts, in label order) and, with `return_predictions=True`, `predictions`.
     """
     for item in [template] if templates is None else templates:  # before any image is read
         if item is not None:
@@ -117,25 +172,39 @@ def evaluate(
     check_image_classification_dataset(dataset, class_names, image_column, label_column)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"`num_workers` must be an integer >= 0, got {num_workers!r}.")
     if len(dataset) == 0:
         raise ValueError("The dataset is empty: there is nothing to evaluate.")
+    from tqdm.auto import tqdm
+
     collator = ImageClassificationCollator(
         image_processor, image_column=image_column, label_column=label_column, image_size=model_image_size(model)
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collator
     )
     was_training = model.training
     classifier = PromptClassifier(model, tokenizer, class_names, template=template, templates=templates).eval()
     parameter = first_float_parameter(model)
     all_logits, all_labels = [], []
+    hide_bar = None if progress_bar is None else not progress_bar  # None: tqdm hides it when stderr is no terminal
     try:
-        for start in range(0, len(dataset), batch_size):
-            batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        for batch in tqdm(loader, desc="evaluate", unit="batch", disable=hide_bar):
             pixel_values = batch["pixel_values"].to(device=parameter.device, dtype=parameter.dtype)
             all_logits.append(classifier(pixel_values=pixel_values).logits.float().cpu())
             all_labels.append(batch["labels"])
     finally:
         model.train(was_training)
-    metrics = accuracy_metrics(torch.cat(all_logits), torch.cat(all_labels))
+    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+    metrics: dict[str, Any] = accuracy_metrics(logits, labels)
     metrics["num_examples"] = len(dataset)
+    predictions = logits.argmax(-1)
+    matrix = confusion_matrix(labels, predictions, len(class_names))
+    metrics["per_class_accuracy"] = per_class_accuracy(matrix, [str(name) for name in class_names])
+    metrics["confusion_matrix"] = matrix
+    if return_predictions:
+        metrics["predictions"] = predictions.tolist()
     record_eval_result(
         model,
         {

@@ -80,22 +80,43 @@ def _stage(
                 os.replace(item, root / folder / item.name)
             written.rmdir()
         if classifier is not None:
-            templates = classifier.templates
-            info = {
-                # a single-template file stays readable by the versions before ensembles
-                "format_version": CLASSIFIER_FORMAT if len(templates) > 1 else 1,
-                "class_names": classifier.class_names,
-                "template": templates[0],
-                **({"templates": templates} if len(templates) > 1 else {}),
-                # the fingerprint the save recorded for the tensors it wrote (this staging folder is this save's own)
-                CLASSIFIER_TENSORS_KEY: recorded_fingerprints(_read_staged_config(root / folder))[0],
-            }
-            (root / folder / CLASSIFIER_CONFIG_NAME).write_text(json.dumps(info, indent=2), encoding="utf-8")
+            # the fingerprint the save recorded for the tensors it wrote (this staging folder is this save's own)
+            write_classifier_file(classifier.class_names, classifier.templates, root / folder)
     write_card(peft_model, classifier, layout, root, eval_results, repo_id, subfolder, revision)
 
 
 def _read_staged_config(folder: Path) -> dict:
     return json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+
+
+def write_classifier_file(class_names: Sequence[str], templates: Sequence[str], folder: str | os.PathLike) -> Path:
+    """Write `prompt_classifier.json` (class names in label order, template(s)) beside the adapter saved in `folder`.
+
+    The file records the tensors fingerprint that `adapter_config.json` in `folder` holds, so that
+    [`~mudpt_peft.PromptClassifier.from_pretrained`] refuses it beside another adapter; write it right after the
+    adapter (e.g. after `peft_model.save_pretrained(folder)`, as `PromptTuningTrainer.save_model` does).
+
+    Args:
+        class_names (`Sequence[str]`): The class names, in label order.
+        templates (`Sequence[str]`): The prompt template, or the templates of an ensemble.
+        folder (`str` or `os.PathLike`): The folder of the saved adapter.
+
+    Returns:
+        `Path`: the file written.
+    """
+    folder = Path(folder)
+    templates = list(templates)
+    info = {
+        # a single-template file stays readable by the versions before ensembles
+        "format_version": CLASSIFIER_FORMAT if len(templates) > 1 else 1,
+        "class_names": [str(name) for name in class_names],
+        "template": templates[0],
+        **({"templates": templates} if len(templates) > 1 else {}),
+        CLASSIFIER_TENSORS_KEY: recorded_fingerprints(_read_staged_config(folder))[0],
+    }
+    path = folder / CLASSIFIER_CONFIG_NAME
+    path.write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return path
 
 
 def _check_names(layout: Mapping[str, str]) -> None:

@@ -42,6 +42,9 @@ __all__ = [
     "write_model_card",
 ]
 
+#: The install command of the model card (mudpt-peft is not on PyPI), as the README gives it.
+INSTALL_COMMAND = 'pip install "mudpt-peft @ git+<the mudpt-peft repository>"   # or, in a clone: pip install .'
+
 #: The attribute of an adapter's `MuDPTConfig` that holds its recorded evaluation results (not saved in the config).
 RESULTS_ATTRIBUTE = "_mudpt_eval_results"
 
@@ -198,7 +201,15 @@ def _model_card_text(
         vision = config.resolved_vision_n_ctx if config.vision_prompts else "–"
         return f"{text} / {vision}"
 
-    where = f"[`{base_id}`](https://huggingface.co/{base_id})" if base_id else f"`{base_name or 'unknown'}`"
+    # a local base model is named by its folder's name only: an absolute path means nothing on another machine
+    local_name = Path(os.path.normpath(base_name)).name if base_name and not base_id else None
+    where = (
+        f"[`{base_id}`](https://huggingface.co/{base_id})"
+        if base_id
+        else f"`{local_name}` (a local model)"
+        if local_name
+        else "`unknown`"
+    )
     lines = [
         f"# {model_name}",
         "",
@@ -260,7 +271,7 @@ def _model_card_text(
     location = (("subfolder", subfolder), ("revision", revision))
     extra = "".join(f", {key}={json.dumps(value)}" for key, value in location if value)
     base_class = type(base).__name__
-    base_arg = json.dumps(base_id or base_name or "<base model id>")
+    base_arg = json.dumps(base_id or (f"<the folder of {local_name}>" if local_name else "<base model id>"))
     code = [
         "```python",
         "import mudpt_peft  # registers the MUDPT peft type; without it, loading fails with KeyError: 'MUDPT'",
@@ -288,8 +299,10 @@ def _model_card_text(
         "",
         "## How to use",
         "",
+        "mudpt-peft is not on PyPI: install it from its git repository, or from a clone with `pip install .`:",
+        "",
         "```bash",
-        "pip install mudpt-peft",
+        INSTALL_COMMAND,
         "```",
         "",
         *code,

@@ -18,11 +18,12 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ._utils import check_class_names, check_template, first_float_parameter, model_image_size, short_repr
-from .adapter_files import PICKLED_WEIGHTS_NAME, SAFETENSORS_WEIGHTS_NAME
+from .adapter_files import CONFIG_NAME, PICKLED_WEIGHTS_NAME, SAFETENSORS_WEIGHTS_NAME
 from .classifier import PromptClassifier
 from .config import MuDPTConfig
 from .data import ImageClassificationCollator, check_image_classification_dataset
 from .evaluation import accuracy_metrics, dataset_name_of, split_of
+from .hub import write_classifier_file
 from .loading import load_adapter
 from .losses import LossInputs, TrainingObjective, resolve_objective
 from .methods import METHODS, normalize_method
@@ -143,8 +144,8 @@ class PromptTuningTrainer(Trainer):
     prompt logits of a [`PromptClassifier`] built around the model (`self.classifier`): `logit_scale · cos(image,
     "a photo of a {class}.")`. In training the class prompts are re-encoded on every step, through the (possibly
     DDP-wrapped) model's own forward so that distributed gradient synchronisation applies; in evaluation the
-    classifier's cached class features are used. `evaluate()` reports `eval_accuracy` (top-1, percent) and, with at
-    least 5 classes, `eval_top5_accuracy`, plus whatever a given `compute_metrics` returns.
+    classifier's cached class features are used. `evaluate()` reports `eval_accuracy` (top-1, percent) and, with more
+    than 5 classes, `eval_top5_accuracy`, plus whatever a given `compute_metrics` returns.
 
     Datasets are HF `datasets` with an image column and an integer label column (configurable); they are turned into
     `pixel_values` / `labels` by an [`ImageClassificationCollator`] with the model's image processor (random resized
@@ -600,16 +601,30 @@ class PromptTuningTrainer(Trainer):
     # saving
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Save the adapter (the PeftModel saves adapter weights and config only), the MuDPT model card (peft's own
-        card for other adapters, e.g. a LoRA baseline) and the tokenizer / processor."""
+        """Save the adapter (the PeftModel saves adapter weights and config only), `prompt_classifier.json` (the class
+        names in label order and the template, beside the active adapter), the MuDPT model card with the evaluations
+        recorded so far, and the processor files (the processor, or the tokenizer and the image processor). For a
+        model with other adapters than MuDPT ones (e.g. the LoRA baseline of `mudpt_peft.clip_lora`), peft's own files
+        and card only, and the processor files.
+
+        The folder is then a ready classifier: `PromptClassifier.from_pretrained(base_model, output_dir)` (for an
+        active adapter other than `default`, saved in a subfolder of its name: `subfolder=` that name)."""
         super()._save(output_dir, state_dict=state_dict)
         if not self.args.should_save:
             return
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         configs = self.model.peft_config.values() if isinstance(self.model, PeftModel) else ()
         if all(isinstance(config, MuDPTConfig) for config in configs):
-            write_model_card(self.model, output_dir)  # the MuDPT card, with the evaluations recorded so far
+            active = self.model.active_adapters[0]
+            adapter_folder = os.path.join(output_dir, "" if active == "default" else active)
+            if os.path.isfile(os.path.join(adapter_folder, CONFIG_NAME)):
+                write_classifier_file(self.class_names, [self.template], adapter_folder)
+            # the MuDPT card, with the evaluations so far: the classifier's when it is saved in the folder itself
+            one_adapter = active == "default" and len(self.model.peft_config) == 1
+            write_model_card(self.classifier if one_adapter else self.model, output_dir)
         if self.processor is not None:
             self.processor.save_pretrained(output_dir)
-        elif self.tokenizer is not None and hasattr(self.tokenizer, "save_pretrained"):
-            self.tokenizer.save_pretrained(output_dir)
+            return
+        for part in (self.tokenizer, self.image_processor):
+            if part is not None and hasattr(part, "save_pretrained"):
+                part.save_pretrained(output_dir)

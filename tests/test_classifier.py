@@ -157,3 +157,30 @@ def test_predict_with_an_image_processor(tokenizer):
     with torch.no_grad():
         expected = [CLASSES[i] for i in clf(pixel_values=pixel_values).logits.argmax(-1).tolist()]
     assert predictions == expected and len(predictions) == 3
+
+
+def test_the_card_of_a_local_base_model_names_no_absolute_path(tokenizer, tokenizer_dir, tmp_path):
+    """A base model loaded from a local folder: the card names the folder's name only (a path means nothing on another
+    machine), and the classifier reloads with the processor files saved beside it."""
+    from transformers import CLIPModel
+
+    from .helpers import image_processor
+
+    clip_for_tokenizer().save_pretrained(tmp_path / "my-clip")
+    base = CLIPModel.from_pretrained(tmp_path / "my-clip")
+    assert str(tmp_path) in base.name_or_path
+    model = get_peft_model(base, MuDPTConfig(depth=2))
+    randomize_adapter(model)
+    saved = PromptClassifier(model, tokenizer, CLASSES).save_pretrained(tmp_path / "out")
+    card = (saved / "README.md").read_text()
+    assert str(tmp_path) not in card and "`my-clip` (a local model)" in card
+    assert 'CLIPModel.from_pretrained("<the folder of my-clip>")' in card
+    assert "base_model:" not in card.split("---")[1]  # no Hub id to record in the metadata
+    # without processor files the classifier has no image processor; with them it reads both from the folder
+    plain = PromptClassifier.from_pretrained(CLIPModel.from_pretrained(tmp_path / "my-clip"), saved, tokenizer)
+    assert plain.image_processor is None
+    image_processor().save_pretrained(saved)
+    tokenizer.save_pretrained(saved)
+    ready = PromptClassifier.from_pretrained(CLIPModel.from_pretrained(tmp_path / "my-clip"), saved)
+    assert ready.image_processor.to_dict() == image_processor().to_dict()
+    assert ready.class_input_ids.tolist() == plain.class_input_ids.tolist()

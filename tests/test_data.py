@@ -17,7 +17,7 @@ from mudpt_peft.data import (
     check_image_classification_dataset,
     few_shot,
 )
-from mudpt_peft.evaluation import accuracy_metrics, evaluate, harmonic_mean
+from mudpt_peft.evaluation import accuracy_metrics, confusion_matrix, evaluate, harmonic_mean, per_class_accuracy
 
 from .helpers import LABELLED_CLASSES as NAMES
 from .helpers import TOKENIZER_EOS_ID, image_processor, labelled, make_clip, randomize_adapter
@@ -55,6 +55,32 @@ def test_collator_errors_name_the_columns():
         ImageClassificationCollator(image_processor(), "img", "target", image_size=32)([row])
     with pytest.raises(ValueError, match="image_processor"):
         ImageClassificationCollator(None)
+
+
+def test_collator_takes_rows_already_processed_to_pixel_values():
+    """A dataset mapped (or `with_transform`-ed) to `pixel_values` is collated as it is, equal to the raw images'."""
+    data = labelled([2, 2, 2])
+    processor = image_processor()
+    raw = ImageClassificationCollator(processor)([data[i] for i in range(6)])
+
+    def to_pixels(batch):
+        return {"pixel_values": processor(images=batch["image"], return_tensors="np")["pixel_values"]}
+
+    mapped = data.map(to_pixels, batched=True, remove_columns=["image"])
+    check_image_classification_dataset(mapped, NAMES[:3])  # no image column needed
+    batch = ImageClassificationCollator(processor)([mapped[i] for i in range(6)])  # lists of floats
+    assert set(batch) == {"pixel_values", "labels"} and torch.equal(batch["labels"], raw["labels"])
+    torch.testing.assert_close(batch["pixel_values"], raw["pixel_values"])
+    transformed = data.with_transform(
+        lambda batch: {"pixel_values": processor(images=batch["image"], return_tensors="pt")["pixel_values"],
+                       "label": batch["label"]}
+    )  # fmt: skip
+    batch = ImageClassificationCollator(processor)([transformed[i] for i in range(6)])  # tensors
+    torch.testing.assert_close(batch["pixel_values"], raw["pixel_values"])
+    with pytest.raises(ValueError, match="cannot be augmented"):
+        ImageClassificationCollator(processor, augment=True)([mapped[0]])
+    with pytest.raises(ValueError, match=r"no image column 'image'.*'pixel_values' column"):
+        ImageClassificationCollator(processor)([{"label": 0}])
 
 
 def test_augmentation_is_seeded_by_torch_and_changes_the_images():
@@ -186,13 +212,69 @@ def test_evaluate_equals_the_classifier_and_restores_the_mode(tokenizer):
         logits = PromptClassifier(model, tokenizer, NAMES).eval()(pixel_values=pixel_values).logits
     labels = torch.tensor(list(data["label"]))
     assert metrics["accuracy"] == pytest.approx(100 * (logits.argmax(-1) == labels).float().mean().item())
-    top5 = (logits.topk(5, -1).indices == labels[:, None]).any(-1).float().mean().item()
-    assert metrics["top5_accuracy"] == pytest.approx(100 * top5) == 100.0  # 5 classes: always in the top 5
+    assert "top5_accuracy" not in metrics  # 5 classes: every label is in the top 5, so it would always be 100
     assert metrics["num_examples"] == 15
     # the adapter matters: zero-shot (adapter disabled) gives other logits
     with model.disable_adapter(), torch.no_grad():
         zero_shot = PromptClassifier(model, tokenizer, NAMES).eval()(pixel_values=pixel_values).logits
     assert not torch.allclose(zero_shot, logits)
+
+
+class CountingRows(torch.utils.data.Dataset):
+    """Rows of a dataset, counting how they are read: one row at a time (`__getitem__`) or in batches."""
+
+    def __init__(self, dataset):
+        self.dataset, self.single, self.batches = dataset, 0, []
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        self.single += 1
+        return self.dataset[index]
+
+    def __getitems__(self, indices):
+        self.batches.append(list(indices))
+        return [self.dataset[i] for i in indices]
+
+
+def test_evaluate_returns_per_class_accuracy_confusion_matrix_and_predictions(tokenizer, capsys):
+    torch.manual_seed(0)
+    model = get_peft_model(make_clip(eos_token_id=TOKENIZER_EOS_ID), MuDPTConfig(depth=3))
+    randomize_adapter(model)
+    data = labelled([4, 3, 2, 3, 2])
+    metrics = evaluate(model, data, NAMES, tokenizer, image_processor(), batch_size=4, return_predictions=True)
+    pixel_values = image_processor()(images=list(data["image"]), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = PromptClassifier(model, tokenizer, NAMES).eval()(pixel_values=pixel_values).logits
+    labels, predictions = list(data["label"]), logits.argmax(-1).tolist()
+    assert metrics["predictions"] == predictions
+    expected = [[0] * 5 for _ in range(5)]
+    for true, predicted in zip(labels, predictions, strict=True):
+        expected[true][predicted] += 1
+    assert metrics["confusion_matrix"] == expected
+    assert [sum(row) for row in expected] == [4, 3, 2, 3, 2]
+    assert list(metrics["per_class_accuracy"]) == NAMES  # in label order
+    for index, name in enumerate(NAMES):
+        assert metrics["per_class_accuracy"][name] == pytest.approx(100 * expected[index][index] / sum(expected[index]))
+    assert metrics["accuracy"] == pytest.approx(100 * sum(expected[i][i] for i in range(5)) / 14)
+    # the same numbers without predictions, read in batches of a DataLoader (one worker process as well), no bar
+    rows = CountingRows(data)
+    plain = evaluate(model, rows, NAMES, tokenizer, image_processor(), batch_size=4, progress_bar=False)
+    assert plain == {key: value for key, value in metrics.items() if key != "predictions"}
+    assert rows.single == 0 and rows.batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13]]
+    assert "evaluate" not in capsys.readouterr().err
+    workers = evaluate(model, data, NAMES, tokenizer, image_processor(), batch_size=4, num_workers=1)
+    assert workers == plain
+    # the progress bar, on request
+    evaluate(model, data, NAMES, tokenizer, image_processor(), batch_size=4, progress_bar=True)
+    assert "evaluate" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="`num_workers` must be an integer >= 0"):
+        evaluate(model, data, NAMES, tokenizer, image_processor(), num_workers=-1)
+    # a class without examples has no accuracy (None, not 0)
+    few = evaluate(model, data.filter(lambda row: row["label"] != 2), NAMES, tokenizer, image_processor())
+    assert few["per_class_accuracy"][NAMES[2]] is None
+    assert few["confusion_matrix"][2] == [0] * 5
 
 
 def test_base_to_new_and_cross_dataset_evaluation(tokenizer):
@@ -224,6 +306,13 @@ def test_accuracy_metrics_and_harmonic_mean():
     assert metrics["accuracy"] == pytest.approx(100 / 3)  # only row 0
     assert metrics["top5_accuracy"] == pytest.approx(200 / 3)  # row 1's class 1 ranks 5th of 6; row 2's class 0 last
     assert "top5_accuracy" not in accuracy_metrics(logits[:, :4].numpy(), np.array([0, 1, 0]))
+    assert "top5_accuracy" not in accuracy_metrics(logits[:, :5], torch.tensor([0, 1, 0]))  # always 100 with 5
+    matrix = confusion_matrix([0, 1, 1, 2], np.array([0, 2, 1, 2]), 3)
+    assert matrix == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    assert per_class_accuracy(matrix, ["a", "b", "c"]) == {"a": 100.0, "b": 50.0, "c": 100.0}
+    assert per_class_accuracy(confusion_matrix([0], [1], 2), ["a", "b"]) == {"a": 0.0, "b": None}
+    with pytest.raises(ValueError, match=r"class indices in 0\.\.2"):
+        confusion_matrix([0, 3], [0, 0], 3)
     assert harmonic_mean(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140)
     assert harmonic_mean(0.0, 0.0) == 0.0 and harmonic_mean(50.0, 50.0) == 50.0
     with pytest.raises(ValueError, match=">= 0"):

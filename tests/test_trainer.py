@@ -13,6 +13,7 @@ from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import CLIPImageProcessor, TrainingArguments
 
+from mudpt_peft import PromptClassifier
 from mudpt_peft.data import ImageClassificationCollator
 from mudpt_peft.evaluation import evaluate
 from mudpt_peft.trainer import TRAINING_RECIPES, PromptTuningTrainer, default_training_arguments
@@ -100,11 +101,25 @@ def test_training_learns_reports_accuracy_and_saves_the_adapter_only(tokenizer, 
     again = evaluate(reloaded, test, CLASSES, tokenizer, image_processor(), **columns)
     assert again["accuracy"] == independent["accuracy"]
 
+    # every save is a ready classifier: class names in label order, the template, the processor files beside it
+    for directory in [tmp_path / "run" / c for c in checkpoints] + [tmp_path / "final"]:
+        assert {"prompt_classifier.json", "preprocessor_config.json"} <= set(os.listdir(directory))
+    info = json.loads((tmp_path / "final" / "prompt_classifier.json").read_text())
+    assert info["class_names"] == CLASSES and info["template"] == "a photo of a {}."
+    assert "## Classifier" in card and "`prompt_classifier.json` holds the 6 class names" in card
+    assert 'pip install "mudpt-peft @ git+' in card and "pip install mudpt-peft\n" not in card
+    classifier = PromptClassifier.from_pretrained(make_clip(eos_token_id=TOKENIZER_EOS_ID), tmp_path / "final")
+    assert classifier.class_names == CLASSES and classifier.image_processor is not None  # both read from the folder
+    images = [test[i]["img"] for i in range(len(test))]
+    pixel_values = image_processor()(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        expected = trainer.classifier.eval()(pixel_values=pixel_values).logits
+        torch.testing.assert_close(classifier(pixel_values=pixel_values).logits, expected, rtol=0, atol=0)
+    assert classifier.predict(images) == [CLASSES[i] for i in expected.argmax(-1).tolist()]
+
 
 def test_training_step_matches_the_classifier_loss(tokenizer, tmp_path):
     """The training loss (one forward of the wrapped model) is the PromptClassifier's cross-entropy."""
-    from mudpt_peft import PromptClassifier
-
     data = color_dataset(6)
     model = peft_model()
     trainer = PromptTuningTrainer(
@@ -178,6 +193,55 @@ def test_a_processor_supplies_tokenizer_and_image_processor_and_is_saved(tokeniz
     reloaded = CLIPProcessor.from_pretrained(tmp_path / "final")
     assert reloaded.tokenizer("a photo of a cat")["input_ids"] == tokenizer("a photo of a cat")["input_ids"]
     assert "model.safetensors" not in os.listdir(tmp_path / "final")
+
+
+def test_another_active_adapter_is_saved_as_a_classifier_in_its_subfolder(tokenizer, tmp_path):
+    """With the active adapter `other` (peft saves it in `other/`), `prompt_classifier.json` goes beside it, so that
+    `PromptClassifier.from_pretrained(..., subfolder="other")` restores the trained classifier; the card lists both."""
+    from mudpt_peft import MuDPTConfig
+
+    model = peft_model()
+    model.add_adapter("other", MuDPTConfig(depth=2, n_ctx=3))
+    model.set_adapter("other")
+    data = color_dataset(6)
+    args = quiet_args(tmp_path, max_steps=1, per_device_train_batch_size=6, learning_rate=0.05, optim="adamw_torch")
+    trainer = PromptTuningTrainer(
+        model, CLASSES, tokenizer, args=args, train_dataset=data, image_processor=image_processor(), template="{}"
+    )
+    trainer.train()
+    trainer.save_model(str(tmp_path / "final"))
+    assert not (tmp_path / "final" / "prompt_classifier.json").exists()
+    info = json.loads((tmp_path / "final" / "other" / "prompt_classifier.json").read_text())
+    assert info["class_names"] == CLASSES and info["template"] == "{}"
+    card = (tmp_path / "final" / "README.md").read_text()
+    assert "`default`" in card and "`other`" in card
+    base = make_clip(eos_token_id=TOKENIZER_EOS_ID)
+    classifier = PromptClassifier.from_pretrained(base, tmp_path / "final", tokenizer, subfolder="other")
+    pixel_values = trainer.data_collator([data[i] for i in range(6)])["pixel_values"]
+    with torch.no_grad():
+        expected = trainer.classifier.eval()(pixel_values=pixel_values).logits
+        torch.testing.assert_close(classifier(pixel_values=pixel_values).logits, expected, rtol=0, atol=0)
+
+
+def test_training_on_a_dataset_already_mapped_to_pixel_values(tokenizer, tmp_path):
+    """`dataset.map` to `pixel_values` (no image column left): the default collator takes the rows as they are, and
+    the trainer's loss equals the one of the raw images."""
+    raw = color_dataset(6)
+    processor = image_processor()
+    mapped = raw.map(
+        lambda batch: {"pixel_values": processor(images=batch["image"], return_tensors="np")["pixel_values"]},
+        batched=True,
+        remove_columns=["image"],
+    )
+    losses = []
+    for data in (raw, mapped):
+        args = quiet_args(tmp_path / str(len(losses)), max_steps=1, per_device_train_batch_size=6)
+        trainer = PromptTuningTrainer(
+            peft_model(), CLASSES, tokenizer, args=args, train_dataset=data, eval_dataset=data,
+            image_processor=processor,
+        )  # fmt: skip
+        losses.append(trainer.evaluate()["eval_loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
 
 
 def _resume_args(output_dir, steps: int, **overrides) -> TrainingArguments:
