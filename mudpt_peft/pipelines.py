@@ -106,9 +106,9 @@ def zero_shot_pipeline(
         [`PeftZeroShotImageClassificationPipeline`]: the pipeline.
 
     Raises:
-        `ValueError`: for a `model` that is neither a `PeftModel` nor a folder / Hub id, for a `PeftModel` whose base
-        model the task does not support, for a `PeftModel` without a tokenizer or image processor, and for `task` or
-        `pipeline_class` in `kwargs`.
+        ValueError: for a `model` that is neither a `PeftModel` nor a folder / Hub id, for a `PeftModel` whose base
+            model the task does not support, for a `PeftModel` without a tokenizer or image processor, and for
+            `task` or `pipeline_class` in `kwargs`.
 
     Example:
 
