@@ -22,7 +22,10 @@ mean with `--base_to_new`), prints a table, and writes to `--output_dir`:
   training arguments, and its results (top-1, top-5 with more than 5 classes, per-class accuracy, confusion matrix);
 - `<method>/`: a ready classifier per tuned method (the adapter, `prompt_classifier.json`, the processor files and a
   model card with the evaluation), which `PromptClassifier.from_pretrained(base_model, "<output_dir>/<method>")`
-  loads.
+  loads;
+- `<method>/training_curves.png` (the training loss, and the held-out accuracy at `--curve_points` points of the
+  training, for the picture only) and `<method>/confusion_matrix.png` (`zero_shot/` too), when matplotlib is
+  installed (the `examples` extra has it).
 
 Heavy libraries (torch, transformers, datasets) are imported inside the functions, so that `--help` is instant.
 """
@@ -64,6 +67,7 @@ class FewShotArguments:
     image_column: str = "image"
     label_column: str = "label"
     num_workers: int = 0
+    curve_points: int = 10
     output_dir: str = "out/fewshot"
 
 
@@ -86,6 +90,8 @@ HELP = {
     "image_column": "Image column of the data set.",
     "label_column": "Label column of the data set (a ClassLabel: its names are the class names).",
     "num_workers": "DataLoader worker processes for training and evaluation.",
+    "curve_points": "Evaluations on the held-out images during training, for the accuracy curve only (never used to "
+    "select anything; 0: none).",
     "output_dir": "Where metrics.json and the classifiers go.",
 }
 
@@ -148,6 +154,8 @@ def check_args(args: FewShotArguments) -> list[str]:
         raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}.")
     if args.num_workers < 0:
         raise ValueError(f"--num_workers must be >= 0, got {args.num_workers}.")
+    if args.curve_points < 0:
+        raise ValueError(f"--curve_points must be >= 0, got {args.curve_points}.")
     if args.test_split is not None and not 0 < args.test_split < 1:
         raise ValueError(f"--test_split must be a fraction between 0 and 1, got {args.test_split}.")
     if args.test_split is not None and args.dataset in EMBEDDED_DATASETS:
@@ -374,6 +382,36 @@ def json_safe(value: Any) -> Any:
     return str(getattr(value, "value", value))
 
 
+def write_pictures(
+    folder: Path, key: str, results: dict[str, Any], training: dict[str, Any] | None, splits: dict[str, Any]
+) -> list[str]:
+    """The method's PNGs in `folder`: its training curves (tuned methods) and the confusion matrix of each evaluated
+    split; their file names (relative to `folder`'s parent), or none without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("matplotlib is not installed: no pictures (pip install matplotlib)")
+        return []
+    from mudpt_peft.plots import plot_confusion_matrix, plot_training_curves
+
+    written = []
+    if training is not None:
+        plot_training_curves(
+            training["log_history"], folder / "training_curves.png", title=f"{key}: training",
+            accuracy_label="held-out accuracy (%)",
+        )  # fmt: skip
+        written.append(f"{key}/training_curves.png")
+    for split, result in results.items():
+        if not isinstance(result, dict) or "confusion_matrix" not in result:
+            continue
+        name = "confusion_matrix.png" if len(splits) == 1 else f"confusion_matrix_{split}.png"
+        accuracy = result["accuracy"]
+        plot_confusion_matrix(result["confusion_matrix"], splits[split][2], folder / name,
+                              title=f"{key} on the {split} images: top-1 {accuracy:.1f} %")  # fmt: skip
+        written.append(f"{key}/{name}")
+    return written
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the script; return what it writes to `metrics.json`."""
     args, methods = parse_args(argv)
@@ -421,6 +459,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "accuracy": {},
         "methods": {},
     }
+    pictures: dict[str, dict[str, Any]] = {}
     for key in methods:
         start = time.perf_counter()
         model = CLIPModel.from_pretrained(args.model, dtype=torch.float32)
@@ -444,15 +483,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 overrides["learning_rate"] = args.lr
             if args.batch_size is not None:
                 overrides["per_device_train_batch_size"] = args.batch_size
+            curve_set = splits["base" if args.base_to_new else "test"][1]
+            if args.curve_points:  # the accuracy curve: evaluations at evenly spaced steps, never used for selection
+                overrides.update(eval_strategy="steps", eval_steps=1.0 / args.curve_points)
             training_args = default_training_arguments(
                 key, str(output_dir / key), shots=args.shots, use_cpu=not torch.cuda.is_available(), **overrides
             )
+            # a loss every 10 steps, or 10 points on the curve of a shorter run
+            batches = math.ceil(len(train_set) / training_args.per_device_train_batch_size)
+            total_steps = training_args.max_steps if training_args.max_steps > 0 else math.ceil(
+                batches * training_args.num_train_epochs
+            )
+            training_args.logging_steps = max(1, min(10, total_steps // 10))
             trainer = PromptTuningTrainer(
                 evaluated,
                 train_classes,
                 tokenizer,
                 training_args,
                 train_dataset=train_set,
+                eval_dataset=curve_set if args.curve_points else None,
                 image_processor=image_processor,
                 template=template,
                 objective=key,  # KgCoOp / PromptSRC: their own loss
@@ -477,6 +526,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             entry["training"]["loss_history"] = [
                 {"step": row["step"], "loss": row["loss"]} for row in trainer.state.log_history if "loss" in row
             ]
+            entry["training"]["held_out_accuracy_history"] = [
+                {"step": row["step"], "accuracy": row["eval_accuracy"]}
+                for row in trainer.state.log_history
+                if "eval_accuracy" in row
+            ]
+            pictures[key] = {"log_history": list(trainer.state.log_history)}
         results: dict[str, Any] = {}
         for name, (_, test_set, names) in splits.items():
             results[name] = evaluate(
@@ -503,6 +558,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             record["accuracy"][key] = results["test"]["accuracy"]
         entry["results"] = results
         entry["seconds"] = time.perf_counter() - start
+        entry["pictures"] = write_pictures(output_dir / key, key, results, pictures.get(key), splits)
         if key != "zero_shot":  # a ready classifier: adapter, prompt_classifier.json, card with the results
             folder = output_dir / key
             classifier = PromptClassifier(evaluated, tokenizer, train_classes, template, image_processor)

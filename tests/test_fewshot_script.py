@@ -12,6 +12,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+from PIL import Image
 from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
 
 from mudpt_peft import MuDPTConfig, PromptClassifier
@@ -138,6 +139,17 @@ def test_a_flat_class_folder_with_test_split_leaves_a_ready_classifier(model_dir
     assert predicted == [NAMES[index] for index in again["predictions"]]
     card = (folder / "README.md").read_text()
     assert "## Evaluation" in card and f"{tuned['results']['test']['accuracy']:.2f}" in card
+    # the pictures: curves and confusion matrix of the tuned method, the confusion matrix of zero-shot
+    assert tuned["pictures"] == ["mudpt/training_curves.png", "mudpt/confusion_matrix.png"]
+    assert zero["pictures"] == ["zero_shot/confusion_matrix.png"]
+    for name in tuned["pictures"] + zero["pictures"]:
+        with Image.open(tmp_path / "out" / name) as picture:
+            assert picture.format == "PNG" and picture.width > 300 and picture.height > 300
+    curve = tuned["training"]["held_out_accuracy_history"]
+    steps = tuned["training"]["steps"]
+    assert curve and all(0 < point["step"] <= steps for point in curve)
+    if curve[-1]["step"] == steps:  # evaluated at the end of training: the run's own test evaluation
+        assert curve[-1]["accuracy"] == pytest.approx(tuned["results"]["test"]["accuracy"])
     assert str(tmp_path) not in card and "pip install mudpt-peft\n" not in card
 
 
@@ -198,6 +210,10 @@ def test_base_to_new_records_both_halves_and_saves_the_base_classifier(model_dir
         }  # fmt: skip
     classifier = PromptClassifier.from_pretrained(CLIPModel.from_pretrained(model_dir), tmp_path / "out" / "mudpt")
     assert classifier.class_names == four[:2]  # trained on the base classes
+    assert record["methods"]["zero_shot"]["pictures"] == [
+        "zero_shot/confusion_matrix_base.png", "zero_shot/confusion_matrix_new.png"
+    ]  # fmt: skip
+    assert all((tmp_path / "out" / name).is_file() for name in record["methods"]["mudpt"]["pictures"])
 
 
 def fewshot_hm(base: float, new: float) -> float:
