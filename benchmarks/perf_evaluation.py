@@ -49,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=100)
     parser.add_argument("--reps", type=int, default=3, help="evaluate() calls per case")
     parser.add_argument("--model_reps", type=int, default=5, help="repetitions of the classifier-only timing")
+    parser.add_argument("--model_batches", type=int, default=4, help="batches of the classifier-only timing")
     return parser.parse_args()
 
 
@@ -109,7 +110,7 @@ def main() -> None:
 
     # the classifier calls alone, on the same preprocessed batches
     batches = []
-    for start in range(0, min(args.images, 4 * args.batch_size), args.batch_size):
+    for start in range(0, min(args.images, args.model_batches * args.batch_size), args.batch_size):
         rows_of_batch = [test_set[i]["image"] for i in range(start, min(start + args.batch_size, args.images))]
         batches.append(processor(images=rows_of_batch, return_tensors="pt")["pixel_values"].to(common.device()))
     classifiers = {

@@ -20,7 +20,7 @@ Sections (`--sections`, default all):
 - `compile` (only when asked for): a mudpt step with both towers `torch.compile`d (inductor) vs eager, batch 4.
 - `imagenet` (only when asked for): ImageNet scale, 1,000 classes (`--imagenet_classes`): peak memory and step time
   of coop, maple and mudpt (their `MuDPTConfig.for_method` presets) with the class prompts encoded in checkpointed
-  chunks (`PromptClassifier(class_chunk_size=...)`, `--imagenet_chunks`, default 256) and in one forward ("all"),
+  chunks (`PromptClassifier(class_chunk_size=...)`, `--imagenet_chunks`, default `all,256`) and in one forward ("all"),
   against the frozen-backbone limit; and cocoop (its per-image chunked encoding, unchanged) at
   `--cocoop_batch_sizes`. Slow on a CPU: a 1,000-class step takes 40-90 s on one thread.
 
@@ -28,6 +28,8 @@ Sections (`--sections`, default all):
     python benchmarks/perf_training.py --quick          # batch 4 only, fewer repetitions (about 5 minutes)
     python benchmarks/perf_training.py --sections ratio,memory --dtype bf16
     python benchmarks/perf_training.py --sections imagenet --imagenet_batch_sizes 4 --imagenet_reps 2
+    python benchmarks/perf_training.py --sections imagenet --imagenet_methods mudpt --imagenet_chunks 128,512 \
+        --no_imagenet_limit --cocoop_batch_sizes ""   # the chunk size's trade-off
 """
 
 from __future__ import annotations
@@ -77,8 +79,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--imagenet_methods", default="coop,maple,mudpt", help="presets of the imagenet section")
     parser.add_argument("--imagenet_batch_sizes", default="4,32", help="batch sizes of the imagenet section")
     parser.add_argument(
-        "--imagenet_chunks", default=str(DEFAULT_CLASS_CHUNK_SIZE), help="class_chunk_size values ('all': one forward)"
+        "--imagenet_chunks",
+        default=f"all,{DEFAULT_CLASS_CHUNK_SIZE}",
+        help="class_chunk_size values of the imagenet section ('all': one forward, the reference of the time ratios)",
     )
+    parser.add_argument("--no_imagenet_limit", action="store_true", help="imagenet section without the limit rows")
     parser.add_argument("--imagenet_reps", type=int, default=2, help="timed steps per case of the imagenet section")
     parser.add_argument("--cocoop_batch_sizes", default="1", help="cocoop batch sizes, imagenet section ('': none)")
     args = parser.parse_args()
@@ -448,20 +453,22 @@ def section_imagenet(setup: Setup) -> str:
     """Peak memory and step time at ImageNet scale, the class prompts in checkpointed chunks and in one forward."""
     args, rows = setup.args, []
     classes = args.imagenet_classes
+    reference = None
     for batch in map(int, args.imagenet_batch_sizes.split(",")):
-        limit, inputs = setup.limit_step(batch, classes)
-        limit()
-        reference = common.peak_memory(limit, [setup.plain, inputs])
-        timings = common.alternate({"limit": limit}, reps=args.imagenet_reps, warmup=0)
-        tokens = inputs[0].shape[1]
-        rows.append(["limit", batch, classes, "–", tokens, f"**{common.mib(reference['peak'])}**",
-                     common.mib(reference["transient"]), "1", common.seconds(timings.clock(CLOCK)["limit"]), "–",
-                     args.imagenet_reps])  # fmt: skip
-        print(common.table(IMAGENET_HEADER, rows[-1:]), flush=True)
-        del limit, inputs
+        if not args.no_imagenet_limit:
+            limit, inputs = setup.limit_step(batch, classes)
+            limit()
+            reference = common.peak_memory(limit, [setup.plain, inputs])
+            timings = common.alternate({"limit": limit}, reps=args.imagenet_reps, warmup=0)
+            tokens = inputs[0].shape[1]
+            rows.append(["limit", batch, classes, "–", tokens, f"**{common.mib(reference['peak'])}**",
+                         common.mib(reference["transient"]), "1", common.seconds(timings.clock(CLOCK)["limit"]), "–",
+                         args.imagenet_reps])  # fmt: skip
+            print(common.table(IMAGENET_HEADER, rows[-1:]), flush=True)
+            del limit, inputs
         for method in args.imagenet_methods.split(","):
             cases, memory = {}, {}
-            for chunk in ["all", *args.imagenet_chunks.split(",")]:
+            for chunk in args.imagenet_chunks.split(","):
                 step, persistent = setup.method_step(method, batch, classes, classes if chunk == "all" else int(chunk))
                 step()  # the optimizer's momentum buffers exist from the first step on
                 memory[chunk] = common.peak_memory(step, persistent)
@@ -469,16 +476,18 @@ def section_imagenet(setup: Setup) -> str:
                 tokens = persistent[-1].shape[1] + MuDPTConfig.for_method(method).n_ctx
             timings = common.alternate(cases, reps=args.imagenet_reps, warmup=0)
             for chunk in cases:
-                ratio = "1" if chunk == "all" else common.spread(timings.ratios(chunk, "all", CLOCK))
+                ratio = "1" if chunk == "all" else "–"
+                if chunk != "all" and "all" in cases:
+                    ratio = common.spread(timings.ratios(chunk, "all", CLOCK))
+                to_limit = "–" if reference is None else f"{memory[chunk]['peak'] / reference['peak']:.3f}"
                 rows.append([method, batch, classes, chunk, tokens, f"**{common.mib(memory[chunk]['peak'])}**",
-                             common.mib(memory[chunk]["transient"]),
-                             f"{memory[chunk]['peak'] / reference['peak']:.3f}",
+                             common.mib(memory[chunk]["transient"]), to_limit,
                              common.seconds(timings.clock(CLOCK)[chunk]), ratio, args.imagenet_reps])  # fmt: skip
                 print(common.table(IMAGENET_HEADER, rows[-1:]), flush=True)
             del cases, step, persistent
             gc.collect()
     for batch in [int(b) for b in args.cocoop_batch_sizes.split(",") if b]:
-        chunk = int(args.imagenet_chunks.split(",")[0])
+        chunk = next((int(c) for c in args.imagenet_chunks.split(",") if c != "all"), DEFAULT_CLASS_CHUNK_SIZE)
         step, persistent = setup.method_step("cocoop", batch, classes, chunk)
         step()
         memory = common.peak_memory(step, persistent)

@@ -113,7 +113,7 @@ def test_perf_cocoop_prints_the_peak_memory_table():
 
 
 def test_perf_training_imagenet_section_prints_chunked_and_unchunked_rows():
-    arguments = ("--sections", "imagenet", "--shape", "smoke", "--imagenet_classes", "30", "--imagenet_chunks", "8")
+    arguments = ("--sections", "imagenet", "--shape", "smoke", "--imagenet_classes", "30", "--imagenet_chunks", "all,8")
     output = run_script("perf_training.py", *arguments, "--imagenet_batch_sizes", "2", "--imagenet_reps", "2")
     table = section(output.rsplit("# Summary", 1)[1], "## imagenet\n")
     (limit,) = table_rows(table, "limit")
