@@ -18,16 +18,26 @@ Sections (`--sections`, default all):
 - `scaling`: step time vs the number of classes (10, 100, 1000; depth 9) and vs depth (1, 5, 9, 12; 100 classes).
 - `profile`: where the time of a mudpt step goes (torch.profiler), and the machinery's costs in isolation.
 - `compile` (only when asked for): a mudpt step with both towers `torch.compile`d (inductor) vs eager, batch 4.
+- `imagenet` (only when asked for): ImageNet scale, 1,000 classes (`--imagenet_classes`): peak memory and step time
+  of coop, maple and mudpt (their `MuDPTConfig.for_method` presets) with the class prompts encoded in checkpointed
+  chunks (`PromptClassifier(class_chunk_size=...)`, `--imagenet_chunks`, default `all,256`) and in one forward ("all"),
+  against the frozen-backbone limit; and cocoop (its per-image chunked encoding, unchanged) at
+  `--cocoop_batch_sizes`. Slow on a CPU: a 1,000-class step takes 40-90 s on one thread.
 
     python benchmarks/perf_training.py                  # everything, 1 thread, fp32 (about 40 minutes on 1 core)
     python benchmarks/perf_training.py --quick          # batch 4 only, fewer repetitions (about 5 minutes)
     python benchmarks/perf_training.py --sections ratio,memory --dtype bf16
+    python benchmarks/perf_training.py --sections imagenet --imagenet_batch_sizes 4 --imagenet_reps 2
+    python benchmarks/perf_training.py --sections imagenet --imagenet_methods mudpt --imagenet_chunks 128,512 \
+        --no_imagenet_limit --cocoop_batch_sizes ""   # the chunk size's trade-off
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import gc
 import statistics
 import time
 import warnings
@@ -35,15 +45,17 @@ import warnings
 import perf_common as common
 import torch
 import torch.nn.functional as F
+from peft import get_peft_model
 from torch import nn
 
-from mudpt_peft import PromptClassifier
+from mudpt_peft import MuDPTConfig, PromptClassifier
+from mudpt_peft.classifier import DEFAULT_CLASS_CHUNK_SIZE
 from mudpt_peft.layer import replace_tokens
 
 TEMPLATE = "a photo of a {}."
 CLOCK = common.default_clock()
 SECTIONS = ("ratio", "memory", "scaling", "profile")
-EXTRA_SECTIONS = ("compile",)
+EXTRA_SECTIONS = ("compile", "imagenet")
 
 
 def parse_args() -> argparse.Namespace:
@@ -63,6 +75,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scaling_depths", default="1,5,9,12")
     parser.add_argument("--reps", type=int, default=None, help="repetitions at batch 4 (default 11; quick: 5)")
     parser.add_argument("--large_reps", type=int, default=5, help="repetitions at batch >= 32 or 1000 classes")
+    parser.add_argument("--imagenet_classes", type=int, default=1000, help="classes of the imagenet section")
+    parser.add_argument("--imagenet_methods", default="coop,maple,mudpt", help="presets of the imagenet section")
+    parser.add_argument("--imagenet_batch_sizes", default="4,32", help="batch sizes of the imagenet section")
+    parser.add_argument(
+        "--imagenet_chunks",
+        default=f"all,{DEFAULT_CLASS_CHUNK_SIZE}",
+        help="class_chunk_size values of the imagenet section ('all': one forward, the reference of the time ratios)",
+    )
+    parser.add_argument("--no_imagenet_limit", action="store_true", help="imagenet section without the limit rows")
+    parser.add_argument("--imagenet_reps", type=int, default=2, help="timed steps per case of the imagenet section")
+    parser.add_argument("--cocoop_batch_sizes", default="1", help="cocoop batch sizes, imagenet section ('': none)")
     args = parser.parse_args()
     if args.quick:
         args.batch_sizes, args.scaling_classes, args.scaling_depths = "4", "10,100", "1,9"
@@ -81,7 +104,9 @@ class Setup:
         self.args = args
         self.plain = common.build_clip(args.shape).train().requires_grad_(False)  # the backbone is frozen
         self.tokenizer = common.load_tokenizer()
-        self.names = common.class_names(max([args.classes, *map(int, args.scaling_classes.split(","))]))
+        self.names = common.class_names(
+            max([args.classes, args.imagenet_classes, *map(int, args.scaling_classes.split(","))])
+        )
         self._limit_hooks: list = []
 
     def batch(self, size: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,6 +134,26 @@ class Setup:
             optimizer.zero_grad(set_to_none=True)
 
         return step, model, optimizer, (pixel_values, labels)
+
+    def method_step(self, method: str, batch: int, classes: int, chunk: int):
+        """`(step, persistent)`: one training step of a method's preset through `PromptClassifier` with
+        `class_chunk_size=chunk` (SGD as in `mudpt_step`); `persistent`: what is live between steps."""
+        torch.manual_seed(0)
+        model = get_peft_model(copy.deepcopy(self.plain), MuDPTConfig.for_method(method))
+        names = self.names[:classes]
+        classifier = PromptClassifier(model, self.tokenizer, names, template=TEMPLATE, class_chunk_size=chunk).train()
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(parameters, lr=0.0025, momentum=0.9, weight_decay=5e-4)
+        pixel_values, labels = self.batch(batch, classes)
+
+        def step():
+            with common.precision(self.args.dtype):
+                loss = classifier(pixel_values=pixel_values, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step, [model, optimizer, pixel_values, labels, classifier.class_input_ids]
 
     def limit_step(self, batch: int, classes: int):
         """`(step, inputs)`: the frozen-backbone limit (see the module docstring) on the plain model."""
@@ -387,6 +432,73 @@ def section_compile(setup: Setup) -> str:
     ]
     header = ["batch", "classes", "eager", "compiled", "**eager / compiled**", "first call (compiling)", "reps"]
     return common.table(header, rows)
+
+
+IMAGENET_HEADER = [
+    "method",
+    "batch",
+    "classes",
+    "class_chunk_size",
+    "text tokens",
+    "**peak**",
+    "transient",
+    "peak / limit peak",
+    f"step ({CLOCK})",
+    "**time / one forward**",
+    "reps",
+]
+
+
+def section_imagenet(setup: Setup) -> str:
+    """Peak memory and step time at ImageNet scale, the class prompts in checkpointed chunks and in one forward."""
+    args, rows = setup.args, []
+    classes = args.imagenet_classes
+    reference = None
+    for batch in map(int, args.imagenet_batch_sizes.split(",")):
+        if not args.no_imagenet_limit:
+            limit, inputs = setup.limit_step(batch, classes)
+            limit()
+            reference = common.peak_memory(limit, [setup.plain, inputs])
+            timings = common.alternate({"limit": limit}, reps=args.imagenet_reps, warmup=0)
+            tokens = inputs[0].shape[1]
+            rows.append(["limit", batch, classes, "–", tokens, f"**{common.mib(reference['peak'])}**",
+                         common.mib(reference["transient"]), "1", common.seconds(timings.clock(CLOCK)["limit"]), "–",
+                         args.imagenet_reps])  # fmt: skip
+            print(common.table(IMAGENET_HEADER, rows[-1:]), flush=True)
+            del limit, inputs
+        for method in args.imagenet_methods.split(","):
+            cases, memory = {}, {}
+            for chunk in args.imagenet_chunks.split(","):
+                step, persistent = setup.method_step(method, batch, classes, classes if chunk == "all" else int(chunk))
+                step()  # the optimizer's momentum buffers exist from the first step on
+                memory[chunk] = common.peak_memory(step, persistent)
+                cases[chunk] = step
+                tokens = persistent[-1].shape[1] + MuDPTConfig.for_method(method).n_ctx
+            timings = common.alternate(cases, reps=args.imagenet_reps, warmup=0)
+            for chunk in cases:
+                ratio = "1" if chunk == "all" else "–"
+                if chunk != "all" and "all" in cases:
+                    ratio = common.spread(timings.ratios(chunk, "all", CLOCK))
+                to_limit = "–" if reference is None else f"{memory[chunk]['peak'] / reference['peak']:.3f}"
+                rows.append([method, batch, classes, chunk, tokens, f"**{common.mib(memory[chunk]['peak'])}**",
+                             common.mib(memory[chunk]["transient"]), to_limit,
+                             common.seconds(timings.clock(CLOCK)[chunk]), ratio, args.imagenet_reps])  # fmt: skip
+                print(common.table(IMAGENET_HEADER, rows[-1:]), flush=True)
+            del cases, step, persistent
+            gc.collect()
+    for batch in [int(b) for b in args.cocoop_batch_sizes.split(",") if b]:
+        chunk = next((int(c) for c in args.imagenet_chunks.split(",") if c != "all"), DEFAULT_CLASS_CHUNK_SIZE)
+        step, persistent = setup.method_step("cocoop", batch, classes, chunk)
+        step()
+        memory = common.peak_memory(step, persistent)
+        timings = common.alternate({"cocoop": step}, reps=args.imagenet_reps, warmup=0)
+        tokens = persistent[-1].shape[1] + MuDPTConfig.for_method("cocoop").n_ctx
+        rows.append([f"cocoop ({batch} x {classes} rows, chunks kept)", batch, classes, chunk, tokens,
+                     f"**{common.mib(memory['peak'])}**", common.mib(memory["transient"]), "–",
+                     common.seconds(timings.clock(CLOCK)["cocoop"]), "–", args.imagenet_reps])  # fmt: skip
+        print(common.table(IMAGENET_HEADER, rows[-1:]), flush=True)
+        del step, persistent
+    return common.table(IMAGENET_HEADER, rows)
 
 
 def main() -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -138,9 +139,16 @@ class PromptClassifier(nn.Module):
             Several templates, for prompt ensembling (instead of `template`); e.g.
             `mudpt_peft.templates.IMAGENET_80_TEMPLATES`.
         class_chunk_size (`int`, defaults to 256):
-            For an image-conditioned adapter (CoCoOp) only: how many (image, class) prompts one text forward encodes.
-            The peak memory of inference grows with it, not with `batch x classes` (see `docs/performance.md`); the
-            logits do not depend on it.
+            How many text rows one text forward encodes where the class count would otherwise set the memory. For an
+            image-conditioned adapter (CoCoOp): the (image, class) prompts per text forward, in training and
+            inference. For the other adapters, in training mode (the class prompts re-encoded, under autograd, on
+            every step): with more classes than this, the class prompts are encoded `class_chunk_size` at a time and
+            each chunk but the last recomputes its activations in the backward pass (`torch.utils.checkpoint`), so
+            that the peak memory of a step is bounded by one chunk instead of growing with the class count, for
+            about one more text forward over the checkpointed chunks (see [`MuDPTTextTower.chunked`] and
+            `docs/performance.md`). Up to `class_chunk_size` classes (256 by default: every few-shot benchmark but
+            ImageNet) nothing changes. The logits and gradients do not depend on it (up to floating-point summation
+            order).
 
     A `ValueError` is raised for a template that breaks that rule, and for class names that are not distinct
     non-empty strings (two classes with one name get one prompt and can never be told apart).
@@ -291,7 +299,8 @@ class PromptClassifier(nn.Module):
                 "without an image. Call the classifier on `pixel_values` (it encodes the class prompts per image)."
             )
         if self.training:
-            return self._encode_classes()
+            with self.chunked_class_encoding():
+                return self._encode_classes()
         features, key, tensors = self._cached()
         if features is None:
             with torch.no_grad():
@@ -315,6 +324,18 @@ class PromptClassifier(nn.Module):
             features = F.normalize(projected_features(output), dim=-1)
             total = features if total is None else total + features
         return F.normalize(total / len(self._template_lengths), dim=-1)
+
+    @contextlib.contextmanager
+    def chunked_class_encoding(self) -> Iterator[None]:
+        """Within the `with` block, a text forward under autograd of more than `class_chunk_size` class prompts
+        through the model (e.g. the `PeftModel`'s or a DDP wrapper's forward) is encoded in checkpointed chunks of
+        `class_chunk_size` rows (see [`~mudpt_peft.layer.MuDPTTextTower.chunked`]). The classifier's training-mode
+        calls use it; `PromptTuningTrainer` wraps its training forward in it."""
+        with contextlib.ExitStack() as stack:
+            for module in iter_modules(self.model):
+                if isinstance(module, MuDPTTextTower):
+                    stack.enter_context(module.chunked(self.class_chunk_size))
+            yield
 
     def conditioned_text_tower(self) -> MuDPTTextTower | None:
         """The text tower when the adapter in use conditions its prompts on each image (CoCoOp), else `None`."""

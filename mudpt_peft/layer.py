@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .families import FamilySpec
 
@@ -249,6 +250,7 @@ class MuDPTTextTower(MuDPTTower):
         super().__init__(base_layer, spec)
         self.prompt_start = spec.text_prompt_start
         self._row_shift: torch.Tensor | None = None
+        self._chunk_rows: int | None = None
 
     def conditions_on_image(self, adapter_name: str | None = None) -> bool:
         """Whether the prompts of `adapter_name` (default: the adapter in use) depend on each image (CoCoOp)."""
@@ -276,6 +278,48 @@ class MuDPTTextTower(MuDPTTower):
         finally:
             self._row_shift = previous
 
+    @contextlib.contextmanager
+    def chunked(self, rows: int | None) -> Iterator[None]:
+        """Within the `with` block, a forward under autograd of more than `rows` text rows encodes them `rows` at a
+        time, each chunk but the last under `torch.utils.checkpoint` (non-reentrant), so that its activations are
+        recomputed in the backward pass instead of being kept: the memory of the text forward and backward is that of
+        one chunk, not of all rows. `None`: one forward for all rows (the default outside such a block).
+
+        The prompts are computed once for all rows, outside the chunks (as without chunking: one fusion call, one
+        draw of its dropout), and the chunks' outputs are concatenated, so the output and the gradients are those of
+        one forward up to floating-point summation order. The last chunk is not checkpointed: its backward runs first,
+        so recomputing it would save no memory. The recomputation restores the RNG state of each chunk's forward, so
+        dropout inside the text encoder draws the same masks twice (though per chunk, not the masks one forward of all
+        rows would draw). Image-conditioned prompts (CoCoOp) are never chunked here: `PromptClassifier` chunks their
+        (image, class) rows itself.
+        """
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+            raise ValueError(f"The chunk size must be an integer >= 1 or None, got {rows!r}.")
+        previous, self._chunk_rows = self._chunk_rows, rows
+        try:
+            yield
+        finally:
+            self._chunk_rows = previous
+
+    def _chunked_forward(self, prompts: torch.Tensor, inputs: dict[str, Any], rows: int) -> Any:
+        """The base tower on `inputs` (`rows` text rows), `self._chunk_rows` rows at a time (see `chunked`)."""
+        size = self._chunk_rows
+        outputs = []
+        for start in range(0, rows, size):
+            part = {
+                name: value[start : start + size] if _is_row_tensor(value, rows) else value
+                for name, value in inputs.items()
+            }
+            if start + size >= rows:
+                outputs.append(self._prompted_forward(prompts, part))
+            else:
+                outputs.append(checkpoint(self._prompted_forward, prompts, part, use_reentrant=False))
+        return _concat_rows(outputs)
+
+    def _prompted_forward(self, prompts: torch.Tensor, inputs: dict[str, Any]) -> Any:
+        with self.slot.filled(prompts, self.prompt_start):
+            return self.base_layer(**inputs)
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         adapter_name = self.prompting_adapter()
         if adapter_name is None:
@@ -300,8 +344,32 @@ class MuDPTTextTower(MuDPTTower):
                     f"`conditioned(shift)` needs one shift per text row: shape ({rows}, width), got "
                     f"{tuple(shift.shape)}."
                 )
+        elif self._chunk_rows is not None and torch.is_grad_enabled():
+            input_ids = inputs.get(self.spec.text_input_ids_arg)
+            rows = input_ids.shape[0] if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 else 0
+            if rows > self._chunk_rows:
+                return self._chunked_forward(prompts, inputs, rows)
         with self.slot.filled(prompts, self.prompt_start, shift):
             return self.base_layer(**inputs)
+
+
+def _is_row_tensor(value: Any, rows: int) -> bool:
+    """Whether `value` is a per-row input of a batch of `rows` text rows (split into chunks; the rest is shared)."""
+    return isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == rows
+
+
+def _concat_rows(outputs: list[Any]) -> Any:
+    """The outputs of consecutive row chunks as one output: tensors (and the tensors of tuples, lists and
+    `ModelOutput`s) concatenated along the rows; anything else is taken from the first chunk."""
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outputs) if first.dim() >= 1 else first
+    if isinstance(first, dict):  # transformers' ModelOutput is an OrderedDict
+        merged = {key: _concat_rows([output[key] for output in outputs]) for key in first}
+        return type(first)(**merged) if hasattr(first, "to_tuple") else type(first)(merged)
+    if isinstance(first, (tuple, list)):
+        return type(first)(_concat_rows([output[i] for output in outputs]) for i in range(len(first)))
+    return first
 
 
 class MuDPTVisionTower(MuDPTTower):

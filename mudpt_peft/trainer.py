@@ -19,7 +19,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ._utils import check_class_names, check_template, first_float_parameter, model_image_size, short_repr
 from .adapter_files import CONFIG_NAME, PICKLED_WEIGHTS_NAME, SAFETENSORS_WEIGHTS_NAME
-from .classifier import PromptClassifier
+from .classifier import DEFAULT_CLASS_CHUNK_SIZE, PromptClassifier
 from .config import MuDPTConfig
 from .data import ImageClassificationCollator, check_image_classification_dataset
 from .evaluation import accuracy_metrics, dataset_name_of, split_of
@@ -188,6 +188,11 @@ class PromptTuningTrainer(Trainer):
             hyper-parameters (`"kgcoop"`, `"promptsrc"`; the other methods' is the cross-entropy), or `None` for the
             cross-entropy. Its callbacks are added to the trainer, and its state is saved in every checkpoint
             (`training_objective.safetensors`) and restored on resume.
+        class_chunk_size (`int`, defaults to 256):
+            With more classes than this (ImageNet), each training step encodes the class prompts this many at a time,
+            recomputing each chunk's activations in the backward pass, so that the step's peak memory is bounded by
+            one chunk rather than growing with the class count (see [`PromptClassifier`]); the gradients do not depend
+            on it. For CoCoOp: the (image, class) prompts per text forward.
         **kwargs:
             Any other `Trainer` argument (`callbacks`, `optimizers`, ...).
 
@@ -222,6 +227,7 @@ class PromptTuningTrainer(Trainer):
         data_collator: Callable | None = None,
         compute_metrics: Callable[[EvalPrediction], dict] | None = None,
         objective: TrainingObjective | str | None = None,
+        class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
         **kwargs: Any,
     ) -> None:
         if not _is_peft_model(model):
@@ -314,7 +320,9 @@ class PromptTuningTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.label_names = ["labels"]
         self.can_return_loss = True
-        self.classifier = PromptClassifier(model, tokenizer, self.class_names, template=template)
+        self.classifier = PromptClassifier(
+            model, tokenizer, self.class_names, template=template, class_chunk_size=class_chunk_size
+        )
         self.objective = resolve_objective(objective)
         for callback in self.objective.callbacks():
             self.add_callback(callback)
@@ -413,11 +421,12 @@ class PromptTuningTrainer(Trainer):
             if self.classifier.class_input_ids.device != device:
                 self.classifier.to(device)
             return self.classifier(pixel_values=pixel_values), None, None  # class features per image: none shared
-        output = model(
-            input_ids=self.classifier.class_input_ids.to(device),
-            attention_mask=self.classifier.class_attention_mask.to(device),
-            pixel_values=pixel_values,
-        )
+        with self.classifier.chunked_class_encoding():
+            output = model(
+                input_ids=self.classifier.class_input_ids.to(device),
+                attention_mask=self.classifier.class_attention_mask.to(device),
+                pixel_values=pixel_values,
+            )
         return ImageClassifierOutput(logits=output.logits_per_image), output.image_embeds, output.text_embeds
 
     def _eval_output(self, pixel_values: torch.Tensor) -> ImageClassifierOutput:

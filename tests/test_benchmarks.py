@@ -110,3 +110,29 @@ def test_perf_cocoop_prints_the_peak_memory_table():
                                                           ("2", "all", "20")]  # fmt: skip
     assert all(re.fullmatch(r"\*\*[\d,]+ MiB\*\*", row[7]) for row in rows)
     assert len(table_rows(section(output, "## Peak memory of the class encoding"), "coop")) == 1
+
+
+def test_perf_training_imagenet_section_prints_chunked_and_unchunked_rows():
+    arguments = ("--sections", "imagenet", "--shape", "smoke", "--imagenet_classes", "30", "--imagenet_chunks", "all,8")
+    output = run_script("perf_training.py", *arguments, "--imagenet_batch_sizes", "2", "--imagenet_reps", "2")
+    table = section(output.rsplit("# Summary", 1)[1], "## imagenet\n")
+    (limit,) = table_rows(table, "limit")
+    assert re.fullmatch(r"\*\*[\d,]+ MiB\*\*", limit[5]), limit
+    for method in ("coop", "maple", "mudpt"):
+        rows = table_rows(table, method)
+        assert [(row[1], row[2], row[3]) for row in rows] == [("2", "30", "all"), ("2", "30", "8")], rows
+        assert all(re.fullmatch(r"\*\*[\d,]+ MiB\*\*", row[5]) and re.fullmatch(r"\d+\.\d{3}", row[7]) for row in rows)
+        assert re.fullmatch(RATIO, rows[1][9]), rows  # chunked time / one forward
+    assert "cocoop (1 x 30 rows" in table
+
+
+def test_perf_evaluation_prints_the_throughput_ratio():
+    arguments = ("--shape", "smoke", "--classes", "12", "--images", "24", "--batch_size", "8", "--reps", "2")
+    output = run_script("perf_evaluation.py", *arguments, "--model_reps", "2")
+    rows = table_rows(section(output, "## evaluate(), end to end"), "adapter")
+    assert len(rows) == 1 and rows[0][1:4] == ["12", "24", "8"], rows
+    assert re.fullmatch(RATIO, rows[0][7]), rows  # images/s adapter / zero-shot
+    assert len(table_rows(section(output, "## evaluate(), end to end"), "zero-shot")) == 1
+    assert "both evaluated 24 images: True" in output
+    (row,) = table_rows(section(output, "## Classifier calls only"), "adapter")
+    assert re.fullmatch(RATIO, row[4]), row

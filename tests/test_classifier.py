@@ -184,3 +184,111 @@ def test_the_card_of_a_local_base_model_names_no_absolute_path(tokenizer, tokeni
     ready = PromptClassifier.from_pretrained(CLIPModel.from_pretrained(tmp_path / "my-clip"), saved)
     assert ready.image_processor.to_dict() == image_processor().to_dict()
     assert ready.class_input_ids.tolist() == plain.class_input_ids.tolist()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# bounded-memory class encoding in training (`class_chunk_size`)
+
+#: 13 distinct class names of 1 to 4 letters (prompts of different lengths, so the chunks see padding too).
+MANY_CLASSES = ["".join(chr(97 + (i * 7 + j) % 26) for j in range(1 + i % 4)) for i in range(13)]
+
+
+def _training_gradients(model, tokenizer, chunk: int, pixel_values, dtype=torch.float32, seed: int = 0):
+    """The loss and the adapter's gradients of one training step of a `PromptClassifier` with `class_chunk_size`."""
+    classifier = PromptClassifier(model, tokenizer, MANY_CLASSES, class_chunk_size=chunk).train()
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    loss = classifier(pixel_values=pixel_values.to(dtype), labels=torch.tensor([0, 5, 12, 7, 3])).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("method", ["mudpt", "coop", "maple"])
+def test_chunked_class_encoding_gives_the_gradients_of_one_forward(tokenizer, pixel_values, method):
+    """Chunks of 4 and of 1 class prompt (each but the last checkpointed) against one forward of all 13 classes.
+
+    Chunking changes only which rows share a matrix product and the order in which the chunks' gradient contributions
+    are summed, so the result is the same function: in fp64 the gradients agree to ~1e-15 relative (asserted at
+    1e-12), and in fp32 to the rounding of a sum over the rows (~1e-7 relative, asserted at 1e-5 of each
+    gradient's largest entry)."""
+    model = get_peft_model(
+        clip_for_tokenizer(), MuDPTConfig.for_method(method, **({"n_ctx": 4} if method == "coop" else {"depth": 3}))
+    )
+    randomize_adapter(model)
+    for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        model.to(dtype)
+        loss, expected = _training_gradients(model, tokenizer, 256, pixel_values, dtype)
+        assert len(expected) == sum(p.requires_grad for p in model.parameters()) > 0
+        for chunk in (4, 1):
+            chunked_loss, grads = _training_gradients(model, tokenizer, chunk, pixel_values, dtype)
+            torch.testing.assert_close(chunked_loss, loss, rtol=tolerance, atol=0)
+            assert grads.keys() == expected.keys()
+            for name, grad in expected.items():
+                scale = grad.abs().max().item()
+                torch.testing.assert_close(grads[name], grad, rtol=tolerance, atol=tolerance * scale, msg=name)
+
+
+def test_chunked_class_encoding_keeps_one_chunk_of_activations(tokenizer, pixel_values):
+    """The activations the text forward keeps for the backward pass: those of the last chunk only, the others are
+    recomputed (checkpointed); the forward-and-backward count shows the recomputation."""
+    model = get_peft_model(clip_for_tokenizer(), MuDPTConfig(depth=3))
+    tower = model.base_model.model.text_model
+    encoder_calls = []
+    tower.base_layer.encoder.register_forward_hook(lambda module, args, output: encoder_calls.append(args))
+
+    def saved_bytes(chunk: int) -> int:
+        total = [0]
+
+        def pack(tensor):
+            total[0] += tensor.numel() * tensor.element_size()
+            return tensor
+
+        classifier = PromptClassifier(model, tokenizer, MANY_CLASSES, class_chunk_size=chunk).train()
+        encoder_calls.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            features = classifier.encode_classes()
+        assert len(encoder_calls) == -(-len(MANY_CLASSES) // chunk)  # one encoder forward per chunk
+        features.sum().backward()
+        assert len(encoder_calls) == 2 * -(-len(MANY_CLASSES) // chunk) - 1  # recomputed, but for the last
+        return total[0]
+
+    one_forward, chunked = saved_bytes(256), saved_bytes(4)
+    assert chunked < one_forward / 3  # 1 of 13 rows kept (plus the prompts' own graph)
+
+
+def test_chunked_class_encoding_draws_the_fusion_dropout_once(tokenizer, pixel_values):
+    """The prompts are computed once for all chunks: with dropout in the Injection Models, the chunked step is the
+    unchunked one (one draw of the dropout, the same RNG stream afterwards for the vision tower)."""
+    model = get_peft_model(clip_for_tokenizer(), MuDPTConfig(depth=3, injection_dropout=0.5))
+    randomize_adapter(model)
+    loss, expected = _training_gradients(model, tokenizer, 256, pixel_values, seed=3)
+    chunked_loss, grads = _training_gradients(model, tokenizer, 4, pixel_values, seed=3)
+    other_seed, _ = _training_gradients(model, tokenizer, 256, pixel_values, seed=4)
+    assert not torch.equal(other_seed, loss)  # the dropout is drawn
+    torch.testing.assert_close(chunked_loss, loss, rtol=1e-5, atol=0)
+    for name, grad in expected.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-5 * grad.abs().max().item(), msg=name)
+
+
+def test_class_chunks_apply_in_training_under_autograd_only(tokenizer, pixel_values):
+    model = get_peft_model(clip_for_tokenizer(), MuDPTConfig(depth=3))
+    encoder = model.base_model.model.text_model.base_layer.encoder
+    calls = []
+    encoder.register_forward_hook(lambda module, args, output: calls.append(output.last_hidden_state.shape[0]))
+    classifier = PromptClassifier(model, tokenizer, MANY_CLASSES, class_chunk_size=5)
+    classifier.eval()(pixel_values=pixel_values)
+    classifier.train()
+    with torch.no_grad():
+        classifier(pixel_values=pixel_values)
+    assert calls == [13, 13]  # eval (cached) and no-grad training: one forward
+    calls.clear()
+    classifier(pixel_values=pixel_values)
+    assert calls == [5, 5, 3]
+    calls.clear()
+    with model.base_model.model.text_model.chunked(None):  # outside the classifier, nothing is chunked
+        model.get_text_features(input_ids=classifier.class_input_ids, attention_mask=classifier.class_attention_mask)
+    assert calls == [13]
+    with pytest.raises(ValueError, match="chunk size must be an integer >= 1"):
+        with model.base_model.model.text_model.chunked(0):
+            pass

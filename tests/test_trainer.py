@@ -367,3 +367,37 @@ def test_a_distributed_launch_without_distributed_arguments_is_refused(tokenizer
         PromptTuningTrainer(
             peft_model(), CLASSES, tokenizer, args=quiet_args(tmp_path), image_processor=image_processor()
         )
+
+
+def test_class_chunk_size_bounds_the_training_forward_at_equal_gradients(tokenizer, tmp_path):
+    """`class_chunk_size`: the training forward (the wrapped model's own, as under DDP) encodes the class prompts in
+    chunks, checkpointed; loss and gradients are those of one forward (fp32 rounding of the sums over the rows)."""
+    data = color_dataset(6)
+    model = peft_model()
+    encoder = model.base_model.model.text_model.base_layer.encoder
+    rows = []
+    encoder.register_forward_hook(lambda module, args, output: rows.append(output.last_hidden_state.shape[0]))
+    batch = None
+
+    def step(**options):
+        nonlocal batch
+        trainer = PromptTuningTrainer(
+            model, CLASSES, tokenizer, args=quiet_args(tmp_path), image_processor=image_processor(), **options
+        )
+        batch = batch or trainer.data_collator([data[i] for i in range(6)])
+        model.train()
+        model.zero_grad(set_to_none=True)
+        rows.clear()
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, list(rows)
+
+    loss, expected, calls = step()
+    assert calls == [6]  # 6 classes <= 256: one forward, nothing recomputed
+    chunked_loss, grads, calls = step(class_chunk_size=4)
+    assert calls == [4, 2, 4]  # two chunks, the first recomputed in the backward pass
+    torch.testing.assert_close(chunked_loss, loss, rtol=1e-5, atol=0)
+    for name, grad in expected.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-5 * grad.abs().max().item(), msg=name)
+    with pytest.raises(ValueError, match="`class_chunk_size` must be an integer >= 1"):
+        step(class_chunk_size=0)
