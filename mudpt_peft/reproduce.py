@@ -545,6 +545,8 @@ class _Session:
         self.splits: dict[str, Any] = {}
         self.halves: dict[str, tuple[Any, Any]] = {}
         self.plot_warned = False
+        #: the class names and template of the last run trained here (for its ready classifier)
+        self.trained_classes: tuple[list[str], str] | None = None
 
     def prepare(self, runs: Sequence[PlannedRun], store: RunStore) -> None:
         """Load the backbone's tokenizer, image processor and config and every dataset the pending runs need, and
@@ -647,7 +649,9 @@ class _Session:
             seconds = {first: train_seconds if index == 0 else 0.0, "evaluate": time.perf_counter() - started}
             store.append(self._record(run, dataset, metrics, seconds, info))
         if self.settings.save_adapters:
-            _save(model, adapter_dir)  # with the evaluations in its model card
+            # with the evaluations in its model card; a ready classifier of the training classes when trained here
+            trained = None if info.get("adapter_reloaded") else self.trained_classes
+            _save(model, adapter_dir, trained, self.tokenizer, self.image_processor)
         elif checkpoint:  # --no-save-adapters: only the checkpoint this run wrote goes, never an earlier run's adapter
             shutil.rmtree(adapter_dir)
 
@@ -720,6 +724,7 @@ class _Session:
                 trainer.remove_callback(PrinterCallback)
             output = trainer.train()
         model.eval()
+        self.trained_classes = (class_names, recipe.template)
         return model, {
             "train_examples": len(train),
             "steps": int(output.global_step),
@@ -795,10 +800,28 @@ class _Session:
         return record
 
 
-def _save(model: Any, folder: Path) -> None:
+def _save(
+    model: Any,
+    folder: Path,
+    trained: tuple[list[str], str] | None = None,
+    tokenizer: Any = None,
+    image_processor: Any = None,
+) -> None:
+    """Save the adapter with its model card; with `trained` (the training class names and template) as a ready
+    classifier: `prompt_classifier.json` and the processor files beside it, so that
+    `PromptClassifier.from_pretrained(base_model, folder)` classifies images of the training classes."""
     from . import hub
 
-    hub.save_pretrained(model, folder)
+    if trained is None:
+        hub.save_pretrained(model, folder)
+        return
+    from .classifier import PromptClassifier
+
+    class_names, template = trained
+    hub.save_pretrained(PromptClassifier(model, tokenizer, class_names, template, image_processor), folder)
+    for part in (tokenizer, image_processor):
+        if part is not None and hasattr(part, "save_pretrained"):
+            part.save_pretrained(folder)
 
 
 def _release() -> None:

@@ -140,6 +140,15 @@ def test_fewshot_end_to_end_interrupted_after_the_first_training_and_resumed(ben
     assert set(coop["seconds"]) == {"train", "evaluate"}
     assert (output / coop["adapter"] / "adapter_config.json").is_file()
     assert (output / coop["adapter"] / "README.md").is_file()  # with the model card
+    # a ready classifier of the training classes, with the processor files beside it
+    from transformers import CLIPModel
+
+    from mudpt_peft import PromptClassifier
+
+    base = CLIPModel.from_pretrained(bench["backbone"])
+    classifier = PromptClassifier.from_pretrained(base, output / coop["adapter"])
+    assert len(classifier.class_names) == 4 and classifier.template == "{}."
+    assert classifier.image_processor is not None
     zero_shot = next(r for r in records if r["method"] == "zero-shot" and r["dataset"] == "eurosat")
     assert zero_shot["templates"] == ["a centered satellite photo of {}."]
     table = (output / "fewshot.md").read_text()
