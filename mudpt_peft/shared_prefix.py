@@ -1,7 +1,8 @@
 """Encode the shared text prefix of a causal text tower once for all class prompts.
 
 In a causal text tower (CLIP's), every class prompt starts with the same tokens at the same positions: BOS and the
-`n_ctx` learned context tokens, replaced by the same deep prompts at every layer below `depth`. A token of a causal
+`n_ctx` learned context tokens, replaced by the same deep prompts at every layer below `depth`, and any template words
+before the class name. A token of a causal
 tower attends only to earlier tokens, so the hidden states of that prefix are identical in every row. They are
 computed here once, for one row; each row's own tokens (the class name, EOS, padding) then attend to the prefix's keys
 and values, concatenated before their own causal keys and values. The result equals the unshared forward up to
@@ -38,8 +39,10 @@ def shared_prefix_length(
     Sharing needs a causal text tower (`spec.text_causal`) with CLIP's module layout and an `"eager"` or `"sdpa"`
     attention, EOS pooling, prompts after a leading token run (`start` not `None`), no inputs beyond token ids and an
     attention mask (no position ids, no request for hidden states or attentions, no `return_dict=False`), at least
-    two rows with the same leading tokens, no padding inside the prefix, at least one token after it, no attention
-    dropout in training and no gradient checkpointing of the layers.
+    two rows, no padding inside the prefix and no attention dropout in training and no gradient checkpointing of the
+    layers. The prefix is the longest run of leading columns equal in every row (BOS, the context tokens, and any
+    template words before the class name: "a photo of a" in "a photo of a {}."), at most all but the last column; it
+    must contain the prompts.
     """
     if not spec.text_causal or start is None or spec.text_pooling not in ("eos", "eos_id"):
         return None
@@ -57,8 +60,8 @@ def shared_prefix_length(
     input_ids = inputs.get(spec.text_input_ids_arg)
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[0] < 2:
         return None
-    length = start + n_ctx
-    if input_ids.shape[1] <= length:
+    tokens, prompted = input_ids.shape[1], start + n_ctx
+    if tokens <= prompted:
         return None
     layers = _layers(text_tower)
     needed = ("self_attn", "layer_norm1", "layer_norm2", "mlp")
@@ -66,12 +69,15 @@ def shared_prefix_length(
         return None
     if training and any(getattr(layer, "gradient_checkpointing", False) for layer in layers):
         return None
-    if start > 0 and not bool((input_ids[:, :start] == input_ids[:1, :start]).all()):
-        return None
+    # the longest run of leading columns equal in every row and attended everywhere (BOS, the prompts' placeholder
+    # ids, and any template words before the class name), leaving each row at least one token of its own
+    common = (input_ids == input_ids[:1]).all(dim=0)
     mask = inputs.get(spec.text_attention_mask_arg) if spec.text_attention_mask_arg else None
-    if mask is not None and not bool((mask[:, :length] != 0).all()):
-        return None
-    return length
+    if mask is not None:
+        common = common & (mask != 0).all(dim=0)
+    differing = (~common).nonzero()
+    length = min(int(differing[0, 0]) if differing.numel() else tokens, tokens - 1)
+    return length if length >= prompted else None
 
 
 def _project(attention: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -196,3 +196,22 @@ def test_prompt_classifier_option(tokenizer):
         assert len(calls) == 2
     torch.testing.assert_close(got, expected, **FP32)
     torch.testing.assert_close(evaluated, expected, **FP32)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_template_words_before_the_class_name_join_the_prefix(attn):
+    model = adapted("mudpt", torch.float64, attn)
+    inputs = text_inputs()
+    inputs["input_ids"][:, 1:4] = torch.tensor([11, 12, 13])  # "a photo of" in every row, then each row's own words
+    tower = text_tower(model)
+    widened = tower.spec.widen_text_inputs(tower.base_layer, 2, dict(inputs))
+    length = shared_prefix_module.shared_prefix_length(tower.base_layer, tower.spec, widened, 2, 1, False)
+    assert length == 1 + 2 + 3
+    grads = EAGER_FP64_GRADS if attn == "eager" else FP64
+    assert_same(model, inputs, FP64, grad_tolerance=grads)
+    # every row the same: the prefix stops before the last column, each row keeps a token of its own
+    same = {name: value[:1].expand(3, -1).clone() for name, value in inputs.items()}
+    widened = tower.spec.widen_text_inputs(tower.base_layer, 2, dict(same))
+    length = shared_prefix_module.shared_prefix_length(tower.base_layer, tower.spec, widened, 2, 1, False)
+    assert length == widened["input_ids"].shape[1] - 1
+    assert_same(model, same, FP64, grad_tolerance=grads)
