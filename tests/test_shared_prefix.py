@@ -196,6 +196,13 @@ def test_prompt_classifier_option(tokenizer):
         assert len(calls) == 2
     torch.testing.assert_close(got, expected, **FP32)
     torch.testing.assert_close(evaluated, expected, **FP32)
+    # the trainer's training forward runs inside `chunked_class_encoding`, which shares the prefix too
+    with counting_prefixes() as calls, shared.chunked_class_encoding():
+        model.get_text_features(input_ids=shared.class_input_ids, attention_mask=shared.class_attention_mask)
+    assert len(calls) == 1
+    with counting_prefixes() as calls, plain.chunked_class_encoding():
+        model.get_text_features(input_ids=plain.class_input_ids, attention_mask=plain.class_attention_mask)
+    assert calls == []
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
