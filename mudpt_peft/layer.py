@@ -308,14 +308,14 @@ class MuDPTTextTower(MuDPTTower):
         """Within the `with` block (with `enabled`), encode the prefix that every text row shares once per forward.
 
         In a causal text tower (the family spec's `text_causal`: CLIP's) every class prompt starts with the same BOS
-        and `n_ctx` context tokens at the same positions, replaced by the same deep prompts at every layer, so their
-        hidden states are the same in every row: they are computed once, and each row's own tokens attend to the
-        prefix's keys and values (see `mudpt_peft.shared_prefix`). The output and the gradients equal the unshared
-        forward's up to floating-point summation order. Composes with [`~MuDPTTextTower.chunked`]: the prefix is
-        encoded once, outside the checkpointed chunks. Nothing is shared for a bidirectional text tower, for
-        image-conditioned prompts (CoCoOp: its layer-0 context differs per row), or for inputs that need the full
-        forward (position ids, requested hidden states or attentions, padding inside the prefix); the unshared forward
-        then runs. Off outside such a block.
+        and `n_ctx` context tokens at the same positions, replaced by the same deep prompts at every layer, and any
+        template words before the class name, so their hidden states are the same in every row: they are computed
+        once, and each row's own tokens attend to the prefix's keys and values (see `mudpt_peft.shared_prefix`). The
+        output and the gradients equal the unshared forward's up to floating-point summation order. Composes with
+        [`~MuDPTTextTower.chunked`]: the prefix is encoded once, outside the checkpointed chunks. Nothing is shared
+        for a bidirectional text tower, for image-conditioned prompts (CoCoOp: its layer-0 context differs per row),
+        or for inputs that need the full forward (position ids, requested hidden states or attentions, padding inside
+        the prefix); the unshared forward then runs. Off outside such a block.
         """
         if not isinstance(enabled, bool):
             raise ValueError(f"`enabled` must be a bool, got {enabled!r}.")
