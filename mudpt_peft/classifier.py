@@ -149,6 +149,13 @@ class PromptClassifier(nn.Module):
             `docs/performance.md`). Up to `class_chunk_size` classes (256 by default: every few-shot benchmark but
             ImageNet) nothing changes. The logits and gradients do not depend on it (up to floating-point summation
             order).
+        share_text_prefix (`bool`, defaults to `False`):
+            Whether a causal text tower (the family spec's `text_causal`: CLIP's) encodes the prefix every class
+            prompt shares (BOS and the context tokens, with their deep prompts) once per class encoding instead of
+            once per class, each class's own tokens attending to its keys and values (see
+            [`MuDPTTextTower.shared_prefix`]). Composes with `class_chunk_size` (the prefix is encoded once, outside
+            the chunks). Exact up to floating-point summation order, forward and backward. Without effect for a
+            bidirectional text tower and for image-conditioned prompts (CoCoOp, whose context differs per image).
 
     A `ValueError` is raised for a template that breaks that rule, and for class names that are not distinct
     non-empty strings (two classes with one name get one prompt and can never be told apart).
@@ -176,11 +183,15 @@ class PromptClassifier(nn.Module):
         *,
         templates: Sequence[str] | None = None,
         class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
+        share_text_prefix: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(class_chunk_size, bool) or not isinstance(class_chunk_size, int) or class_chunk_size < 1:
             raise ValueError(f"`class_chunk_size` must be an integer >= 1, got {short_repr(class_chunk_size)}.")
+        if not isinstance(share_text_prefix, bool):
+            raise ValueError(f"`share_text_prefix` must be a bool, got {short_repr(share_text_prefix)}.")
         self.class_chunk_size = class_chunk_size
+        self.share_text_prefix = share_text_prefix
         if template is not None and templates is not None:
             raise ValueError("Pass either `template` (one prompt per class) or `templates` (an ensemble), not both.")
         if templates is None:
@@ -303,7 +314,7 @@ class PromptClassifier(nn.Module):
                 return self._encode_classes()
         features, key, tensors = self._cached()
         if features is None:
-            with torch.no_grad():
+            with torch.no_grad(), self._shared_text_prefix():
                 snapshots = [(t, t.detach().clone()) for t in tensors]
                 features = self._encode_classes()
             self._cache = _ClassFeatureCache(key, snapshots, features)
@@ -335,6 +346,18 @@ class PromptClassifier(nn.Module):
             for module in iter_modules(self.model):
                 if isinstance(module, MuDPTTextTower):
                     stack.enter_context(module.chunked(self.class_chunk_size))
+                    if self.share_text_prefix:
+                        stack.enter_context(module.shared_prefix())
+            yield
+
+    @contextlib.contextmanager
+    def _shared_text_prefix(self) -> Iterator[None]:
+        """Within the `with` block, the text towers share the class prompts' prefix if `share_text_prefix`."""
+        with contextlib.ExitStack() as stack:
+            if self.share_text_prefix:
+                for module in iter_modules(self.model):
+                    if isinstance(module, MuDPTTextTower):
+                        stack.enter_context(module.shared_prefix())
             yield
 
     def conditioned_text_tower(self) -> MuDPTTextTower | None:

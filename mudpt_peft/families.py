@@ -65,6 +65,10 @@ class FamilySpec:
         vision_pooling_head (`str`, *optional*): A module of the vision tower that pools the final token sequence
             (SigLIP's attention-pooling head), whose first argument is that sequence (and whose optional mask argument
             has one column per token).
+        text_causal (`bool`): Whether the text tower is causal (each token attends only to earlier tokens: CLIP's), so
+            that the prefix every class prompt shares (BOS and the context tokens) has the same hidden states in every
+            row and can be encoded once ([`~mudpt_peft.layer.MuDPTTextTower.shared_prefix`]). `False` for
+            bidirectional towers (SigLIP, Chinese-CLIP, AltCLIP).
         pool_visual_prompts (`bool`): Whether `vision_pooling_head` sees the visual prompt tokens. If `False`, they are
             removed from its input (and from its mask), so that it pools the image tokens only.
     """
@@ -90,6 +94,7 @@ class FamilySpec:
     vision_attention_mask_arg: str | None = None
     vision_pooling_head: str | None = None
     pool_visual_prompts: bool = True
+    text_causal: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -377,7 +382,7 @@ def _transformers_class(name: str) -> tuple[type, ...]:
 
 
 #: `transformers.CLIPModel`: causal text tower pooled at the EOS token, text prompts after BOS; CLS-pooled ViT.
-CLIP_SPEC = FamilySpec(name="clip", model_classes=_transformers_class("CLIPModel"))
+CLIP_SPEC = FamilySpec(name="clip", model_classes=_transformers_class("CLIPModel"), text_causal=True)
 
 #: `transformers.MetaClip2Model`: CLIP's layout and module names; its text tower always pools the first token equal to
 #: `eos_token_id` (no legacy `argmax` over ids, although the released configs set `eos_token_id=2`).

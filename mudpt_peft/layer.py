@@ -24,6 +24,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import shared_prefix
 from .families import FamilySpec
 
 
@@ -251,6 +252,7 @@ class MuDPTTextTower(MuDPTTower):
         self.prompt_start = spec.text_prompt_start
         self._row_shift: torch.Tensor | None = None
         self._chunk_rows: int | None = None
+        self._share_prefix = False
 
     def conditions_on_image(self, adapter_name: str | None = None) -> bool:
         """Whether the prompts of `adapter_name` (default: the adapter in use) depend on each image (CoCoOp)."""
@@ -301,6 +303,44 @@ class MuDPTTextTower(MuDPTTower):
         finally:
             self._chunk_rows = previous
 
+    @contextlib.contextmanager
+    def shared_prefix(self, enabled: bool = True) -> Iterator[None]:
+        """Within the `with` block (with `enabled`), encode the prefix that every text row shares once per forward.
+
+        In a causal text tower (the family spec's `text_causal`: CLIP's) every class prompt starts with the same BOS
+        and `n_ctx` context tokens at the same positions, replaced by the same deep prompts at every layer, and any
+        template words before the class name, so their hidden states are the same in every row: they are computed
+        once, and each row's own tokens attend to the prefix's keys and values (see `mudpt_peft.shared_prefix`). The
+        output and the gradients equal the unshared forward's up to floating-point summation order. Composes with
+        [`~MuDPTTextTower.chunked`]: the prefix is encoded once, outside the checkpointed chunks. Nothing is shared
+        for a bidirectional text tower, for image-conditioned prompts (CoCoOp: its layer-0 context differs per row),
+        or for inputs that need the full forward (position ids, requested hidden states or attentions, padding inside
+        the prefix); the unshared forward then runs. Off outside such a block.
+        """
+        if not isinstance(enabled, bool):
+            raise ValueError(f"`enabled` must be a bool, got {enabled!r}.")
+        previous, self._share_prefix = self._share_prefix, enabled
+        try:
+            yield
+        finally:
+            self._share_prefix = previous
+
+    def _shared_forward(self, prompts: torch.Tensor, inputs: dict[str, Any], length: int) -> Any:
+        """The tower on `inputs` with their common first `length` tokens encoded once (see `shared_prefix`)."""
+        input_ids = inputs[self.spec.text_input_ids_arg]
+        mask_arg = self.spec.text_attention_mask_arg
+        attention_mask = inputs.get(mask_arg) if mask_arg is not None else None
+        with self.slot.filled(prompts, self.prompt_start):
+            embeddings = self.base_layer.embeddings(input_ids=input_ids[:1, :length])
+        prefix = shared_prefix.encode_prefix(self.base_layer, embeddings, prompts, self.prompt_start)
+        rows = input_ids.shape[0]
+        if self._chunk_rows is not None and torch.is_grad_enabled() and rows > self._chunk_rows:
+            outputs = shared_prefix.encode_rows_chunked(
+                self.base_layer, self.spec, input_ids, attention_mask, length, prefix, self._chunk_rows
+            )
+            return _concat_rows(outputs)
+        return shared_prefix.encode_rows(self.base_layer, self.spec, input_ids, attention_mask, length, *prefix)
+
     def _chunked_forward(self, prompts: torch.Tensor, inputs: dict[str, Any], rows: int) -> Any:
         """The base tower on `inputs` (`rows` text rows), `self._chunk_rows` rows at a time (see `chunked`)."""
         size = self._chunk_rows
@@ -329,7 +369,14 @@ class MuDPTTextTower(MuDPTTower):
             self.base_layer, prompts.shape[1], named_arguments(self.base_layer, args, kwargs)
         )
         shift = None
-        if self.conditions_on_image(adapter_name):
+        conditioned = self.conditions_on_image(adapter_name)
+        if self._share_prefix and not conditioned:
+            length = shared_prefix.shared_prefix_length(
+                self.base_layer, self.spec, inputs, prompts.shape[1], self.prompt_start, self.training
+            )
+            if length is not None:
+                return self._shared_forward(prompts, inputs, length)
+        if conditioned:
             shift = self._row_shift
             input_ids = inputs.get(self.spec.text_input_ids_arg)
             rows = input_ids.shape[0] if input_ids is not None else None

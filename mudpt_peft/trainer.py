@@ -193,6 +193,10 @@ class PromptTuningTrainer(Trainer):
             recomputing each chunk's activations in the backward pass, so that the step's peak memory is bounded by
             one chunk rather than growing with the class count (see [`PromptClassifier`]); the gradients do not depend
             on it. For CoCoOp: the (image, class) prompts per text forward.
+        share_text_prefix (`bool`, defaults to `False`):
+            Whether each training step encodes the prefix every class prompt shares (BOS, the context tokens, the
+            template's words before the class name) once instead of once per class, in a causal text tower (CLIP's);
+            see [`PromptClassifier`]. Exact up to floating-point summation order; composes with `class_chunk_size`.
         **kwargs:
             Any other `Trainer` argument (`callbacks`, `optimizers`, ...).
 
@@ -228,6 +232,7 @@ class PromptTuningTrainer(Trainer):
         compute_metrics: Callable[[EvalPrediction], dict] | None = None,
         objective: TrainingObjective | str | None = None,
         class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
+        share_text_prefix: bool = False,
         **kwargs: Any,
     ) -> None:
         if not _is_peft_model(model):
@@ -321,7 +326,12 @@ class PromptTuningTrainer(Trainer):
         self.label_names = ["labels"]
         self.can_return_loss = True
         self.classifier = PromptClassifier(
-            model, tokenizer, self.class_names, template=template, class_chunk_size=class_chunk_size
+            model,
+            tokenizer,
+            self.class_names,
+            template=template,
+            class_chunk_size=class_chunk_size,
+            share_text_prefix=share_text_prefix,
         )
         self.objective = resolve_objective(objective)
         for callback in self.objective.callbacks():

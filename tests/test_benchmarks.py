@@ -136,3 +136,14 @@ def test_perf_evaluation_prints_the_throughput_ratio():
     assert "both evaluated 24 images: True" in output
     (row,) = table_rows(section(output, "## Classifier calls only"), "adapter")
     assert re.fullmatch(RATIO, row[4]), row
+
+
+def test_perf_shared_prefix_prints_both_ratios():
+    output = run_script("perf_shared_prefix.py", "--quick", "--shape", "smoke", "--reps", "2")
+    text = section(output, "## Shared / unshared text-tower step")
+    rows = {row[0]: row for row in (table_rows(text, "coop") + table_rows(text, "mudpt"))}
+    assert sorted(rows) == ["coop", "mudpt"], output
+    for row in rows.values():
+        assert row[1] == "100" and re.fullmatch(r"\*\*" + RATIO + r"\*\*", row[6]), row
+        assert re.fullmatch(r"\*\*\d+\.\d{3}\*\*", row[9]) and float(row[10]) < 1e-3, row
+    assert "cocoop: not shared" in output

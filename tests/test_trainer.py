@@ -401,3 +401,39 @@ def test_class_chunk_size_bounds_the_training_forward_at_equal_gradients(tokeniz
         torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-5 * grad.abs().max().item(), msg=name)
     with pytest.raises(ValueError, match="`class_chunk_size` must be an integer >= 1"):
         step(class_chunk_size=0)
+
+
+def test_share_text_prefix_in_the_training_forward_at_equal_gradients(tokenizer, tmp_path):
+    """`share_text_prefix`: the training forward encodes the class prompts' common prefix once (the encoder module is
+    not called: the shared path runs the layers itself); loss and gradients are those of the unshared forward, also
+    with chunks."""
+    data = color_dataset(6)
+    model = peft_model()
+    encoder = model.base_model.model.text_model.base_layer.encoder
+    rows = []
+    encoder.register_forward_hook(lambda module, args, output: rows.append(output.last_hidden_state.shape[0]))
+    batch = None
+
+    def step(**options):
+        nonlocal batch
+        trainer = PromptTuningTrainer(
+            model, CLASSES, tokenizer, args=quiet_args(tmp_path), image_processor=image_processor(), **options
+        )
+        batch = batch or trainer.data_collator([data[i] for i in range(6)])
+        model.train()
+        model.zero_grad(set_to_none=True)
+        rows.clear()
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, list(rows)
+
+    loss, expected, calls = step()
+    assert calls == [6]
+    for options in ({"share_text_prefix": True}, {"share_text_prefix": True, "class_chunk_size": 4}):
+        shared_loss, grads, calls = step(**options)
+        assert calls == []  # the text encoder module never ran: the prefix path did
+        torch.testing.assert_close(shared_loss, loss, rtol=1e-5, atol=0)
+        for name, grad in expected.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-5 * grad.abs().max().item(), msg=name)
+    with pytest.raises(ValueError, match="`share_text_prefix` must be a bool"):
+        step(share_text_prefix="yes")
