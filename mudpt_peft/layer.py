@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from . import shared_prefix
+from ._utils import replace_tokens
 from .families import FamilySpec
 
 
@@ -61,22 +62,6 @@ class PromptSlot:
         if self.shift is None:
             return self.prompts[0]
         return self.prompts[0].unsqueeze(0) + self.shift.to(self.prompts.dtype).unsqueeze(1)
-
-
-def replace_tokens(hidden_states: torch.Tensor, prompts: torch.Tensor, start: int | None) -> torch.Tensor:
-    """Return `hidden_states` with the tokens at `start .. start+n_ctx` (or the last `n_ctx`) replaced by `prompts`
-    (`(n_ctx, width)` for every row, or `(rows, n_ctx, width)`, one set per row).
-
-    Out of place: transformers keeps references to earlier hidden states for `output_hidden_states`. One
-    `slice_scatter` (a copy with the slice written): its backward allocates one tensor of the hidden states' size,
-    where a `cat` of slices allocates one per slice and adds them up.
-    """
-    length, n_ctx = hidden_states.shape[1], prompts.shape[-2]
-    start = length - n_ctx if start is None else start
-    expanded = prompts.to(hidden_states.dtype)
-    if expanded.dim() == 2:
-        expanded = expanded.unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
-    return hidden_states.slice_scatter(expanded, dim=1, start=start, end=start + n_ctx)
 
 
 @functools.cache

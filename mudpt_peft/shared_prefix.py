@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ._utils import replace_tokens
 from .families import FamilySpec
 
 _ALLOWED_ATTENTION = ("eager", "sdpa")
@@ -111,8 +112,6 @@ def encode_prefix(
     Returns the keys and values of every layer (`keys_0, values_0, keys_1, ...`, each `(1, heads, length,
     head_dim)`) and, last, the prefix's final hidden states after the final layer norm `(1, length, width)`.
     """
-    from .layer import replace_tokens
-
     hidden, cache = prefix_embeddings, []
     length = hidden.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool, device=hidden.device).tril()

@@ -209,24 +209,38 @@ def test_chunked_class_encoding_gives_the_gradients_of_one_forward(tokenizer, pi
     """Chunks of 4 and of 1 class prompt (each but the last checkpointed) against one forward of all 13 classes.
 
     Chunking changes only which rows share a matrix product and the order in which the chunks' gradient contributions
-    are summed, so the result is the same function: in fp64 the gradients agree to ~1e-15 relative (asserted at
-    1e-12), and in fp32 to the rounding of a sum over the rows (~1e-7 relative, asserted at 1e-5 of each
-    gradient's largest entry)."""
+    are summed, so it computes the same function: in fp64 the gradients agree to ~1e-14 relative (asserted at 1e-12).
+    In fp32 both the chunked and the one-forward gradients carry rounding errors of their own (measured up to 1.2e-5
+    of the largest entry for the LayerNorm weights of the Injection Model, which sum over every row and token, and
+    depending on the thread count and the CPU's kernels), so each is compared with the fp64 gradients: the chunked
+    error may be up to 3x the one-forward fp32 error plus 1e-4 of the gradient's largest entry (measured: at most
+    1.1e-5 of it, AVX2 kernels, 2 threads). A chunk whose gradient is missing or counted twice moves a gradient by a
+    sizeable fraction of its largest entry (one chunk of 4 is 30% of the 13 rows), three orders above this bound."""
     model = get_peft_model(
         clip_for_tokenizer(), MuDPTConfig.for_method(method, **({"n_ctx": 4} if method == "coop" else {"depth": 3}))
     )
     randomize_adapter(model)
-    for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
-        model.to(dtype)
-        loss, expected = _training_gradients(model, tokenizer, 256, pixel_values, dtype)
-        assert len(expected) == sum(p.requires_grad for p in model.parameters()) > 0
-        for chunk in (4, 1):
-            chunked_loss, grads = _training_gradients(model, tokenizer, chunk, pixel_values, dtype)
-            torch.testing.assert_close(chunked_loss, loss, rtol=tolerance, atol=0)
-            assert grads.keys() == expected.keys()
-            for name, grad in expected.items():
-                scale = grad.abs().max().item()
-                torch.testing.assert_close(grads[name], grad, rtol=tolerance, atol=tolerance * scale, msg=name)
+    model.to(torch.float64)
+    loss64, reference = _training_gradients(model, tokenizer, 256, pixel_values, torch.float64)
+    assert len(reference) == sum(p.requires_grad for p in model.parameters()) > 0
+    for chunk in (4, 1):
+        chunked_loss, grads = _training_gradients(model, tokenizer, chunk, pixel_values, torch.float64)
+        torch.testing.assert_close(chunked_loss, loss64, rtol=1e-12, atol=0)
+        assert grads.keys() == reference.keys()
+        for name, grad in reference.items():
+            scale = grad.abs().max().item()
+            torch.testing.assert_close(grads[name], grad, rtol=1e-12, atol=1e-12 * scale, msg=name)
+    model.to(torch.float32)
+    loss32, one_forward = _training_gradients(model, tokenizer, 256, pixel_values, torch.float32)
+    for chunk in (4, 1):
+        chunked_loss, grads = _training_gradients(model, tokenizer, chunk, pixel_values, torch.float32)
+        torch.testing.assert_close(chunked_loss, loss32, rtol=1e-5, atol=0)
+        assert grads.keys() == reference.keys()
+        for name, grad in reference.items():
+            scale = grad.abs().max().item()
+            one_error = (one_forward[name].double() - grad).abs().max().item()
+            chunked_error = (grads[name].double() - grad).abs().max().item()
+            assert chunked_error <= 3 * one_error + 1e-4 * scale, (name, chunked_error / scale, one_error / scale)
 
 
 def test_chunked_class_encoding_keeps_one_chunk_of_activations(tokenizer, pixel_values):
