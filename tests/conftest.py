@@ -9,16 +9,18 @@ instead of running into CI's time limit with no output."""
 from __future__ import annotations
 
 import faulthandler
+import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import CLIPModel, CLIPTokenizer
 
-from .helpers import RUNNING_GROUPS, kill_group, make_clip, make_inputs, make_tokenizer_files
+from .helpers import RUNNING_GROUPS, TransformersLog, kill_group, make_clip, make_inputs, make_tokenizer_files
 
 TEST_TIMEOUT_S = float(os.environ.get("MUDPT_TEST_TIMEOUT_S", "900"))
 TIMED_OUT_STATUS = 3
@@ -78,6 +80,16 @@ def tokenizer(tokenizer_dir) -> CLIPTokenizer:
     """The tiny tokenizer; its BOS/EOS ids (57/58) differ from the tiny models' config, which only matters for EOS
     pooling: use `make_clip(eos_token_id=TOKENIZER_EOS_ID)` with it."""
     return CLIPTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture
+def transformers_log() -> Iterator[TransformersLog]:
+    """The messages the `transformers` logger emits during the test."""
+    records = TransformersLog()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(records)
+    yield records
+    logger.removeHandler(records)
 
 
 @pytest.fixture

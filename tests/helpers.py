@@ -10,6 +10,7 @@ import builtins
 import copy
 import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -501,3 +502,22 @@ def watchdog(seconds: float) -> None:
     import faulthandler
 
     faulthandler.dump_traceback_later(seconds, exit=True)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# logs
+
+
+class TransformersLog(logging.Handler):
+    """The messages logged under the `transformers` logger (which does not propagate to the root logger, so pytest's
+    caplog does not see them); the `transformers_log` fixture attaches one for a test."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def saw(self, text: str) -> bool:
+        return any(text in message for message in self.messages)

@@ -6,7 +6,6 @@ The page writes under `out/`, here in the test's temporary folder."""
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
@@ -26,27 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", PAGE.read_text(), flags=re.S)
-
-
-class Records(logging.Handler):
-    """The messages logged under the `transformers` logger (which does not propagate to the root logger, so
-    pytest's caplog does not see them)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def transformers_log():
-    records = Records()
-    logger = logging.getLogger("transformers")
-    logger.addHandler(records)
-    yield records
-    logger.removeHandler(records)
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ and `CLIPModel.from_pretrained(adapter_dir)` against the `PeftModel`'s logits.""
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -23,30 +21,6 @@ NOT_SUPPORTED = "is not supported for zero-shot-image-classification"
 
 # tiny models: with several threads on shared cores thread spinning costs up to 20x the compute
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Records(logging.Handler):
-    """The messages logged under the `transformers` logger (it does not propagate to the root logger: caplog misses
-    them)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-    def saw(self, text: str) -> bool:
-        return any(text in message for message in self.messages)
-
-
-@pytest.fixture
-def transformers_log():
-    records = Records()
-    logger = logging.getLogger("transformers")
-    logger.addHandler(records)
-    yield records
-    logger.removeHandler(records)
 
 
 @pytest.fixture
