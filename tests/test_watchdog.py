@@ -12,7 +12,7 @@ from pathlib import Path
 from .helpers import run_bounded
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKER = "601.25"  # `sleep 601.25`: a command line no other process has
+MARKER = f"601.{os.getpid()}"  # `sleep 601.<pid>`: a command line no other process (or concurrent run) has
 
 
 def processes_with(argument: str) -> list[int]:
