@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.utils.checkpoint import checkpoint
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from ._utils import (
@@ -149,13 +150,16 @@ class PromptClassifier(nn.Module):
             `docs/performance.md`). Up to `class_chunk_size` classes (256 by default: every few-shot benchmark but
             ImageNet) nothing changes. The logits and gradients do not depend on it (up to floating-point summation
             order).
-        share_text_prefix (`bool`, defaults to `False`):
+        share_text_prefix (`bool`, defaults to `True`):
             Whether a causal text tower (the family spec's `text_causal`: CLIP's) encodes the prefix every class
-            prompt shares (BOS and the context tokens, with their deep prompts) once per class encoding instead of
-            once per class, each class's own tokens attending to its keys and values (see
-            [`MuDPTTextTower.shared_prefix`]). Composes with `class_chunk_size` (the prefix is encoded once, outside
-            the chunks). Exact up to floating-point summation order, forward and backward. Without effect for a
-            bidirectional text tower and for image-conditioned prompts (CoCoOp, whose context differs per image).
+            prompt shares (BOS and the context tokens, with their deep prompts, and the template's words before the
+            class name) once per class encoding instead of once per class (once per image and chunk for CoCoOp,
+            whose context depends on the image), each class's own tokens attending to its keys and values (see
+            [`MuDPTTextTower.shared_prefix`]): at ImageNet scale a CoOp step's text side takes about a third of the
+            time. Composes with `class_chunk_size` (the prefix is encoded once, outside the chunks). Exact up to
+            floating-point summation order, forward and backward. Without effect for a bidirectional text tower
+            (SigLIP, Chinese-CLIP, AltCLIP) and for inputs that need the tower's own forward. `False` runs the tower's
+            own forward on every class prompt.
 
     A `ValueError` is raised for a template that breaks that rule, and for class names that are not distinct
     non-empty strings (two classes with one name get one prompt and can never be told apart).
@@ -183,7 +187,7 @@ class PromptClassifier(nn.Module):
         *,
         templates: Sequence[str] | None = None,
         class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
-        share_text_prefix: bool = False,
+        share_text_prefix: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(class_chunk_size, bool) or not isinstance(class_chunk_size, int) or class_chunk_size < 1:
@@ -369,26 +373,44 @@ class PromptClassifier(nn.Module):
 
     def _conditioned_similarities(self, tower: MuDPTTextTower, image_features: torch.Tensor) -> torch.Tensor:
         """`cos(image i, class c | image i)` `(images, classes)` for L2-normalised `image_features`: the class prompts
-        encoded for each image with its meta-net shift, `class_chunk_size` (image, class) rows per text forward."""
+        encoded for each image with its meta-net shift, `class_chunk_size` (image, class) rows per text forward (with
+        `share_text_prefix`, the prefix of each image's rows once per chunk). Under autograd, every chunk but the last
+        runs under a non-reentrant `torch.utils.checkpoint`, so that a training step keeps one chunk's activations."""
         images, count = image_features.shape[0], len(self._class_names)
         shift = tower.image_shift(image_features)
         device = image_features.device
+        starts = range(0, images * count, self.class_chunk_size)
         similarities = []
-        for start in range(0, images * count, self.class_chunk_size):
+        for start in starts:
             rows = torch.arange(start, min(images * count, start + self.class_chunk_size), device=device)
-            image_index, class_index = rows // count, rows % count
-            total = None
-            for index, length in enumerate(self._template_lengths):
-                ids = self.class_input_ids[index * count + class_index, :length]
-                mask = self.class_attention_mask[index * count + class_index, :length]
-                with tower.conditioned(shift[image_index]):
-                    output = self.model.get_text_features(input_ids=ids, attention_mask=mask)
-                features = F.normalize(projected_features(output), dim=-1)
-                total = features if total is None else total + features
-            if len(self._template_lengths) > 1:
-                total = F.normalize(total / len(self._template_lengths), dim=-1)
-            similarities.append((image_features[image_index] * total.to(image_features.dtype)).sum(dim=-1))
+            arguments = (tower, image_features, shift, rows // count, rows % count)
+            if torch.is_grad_enabled() and start != starts[-1]:
+                similarities.append(checkpoint(self._conditioned_chunk, *arguments, use_reentrant=False))
+            else:
+                similarities.append(self._conditioned_chunk(*arguments))
         return torch.cat(similarities).view(images, count)
+
+    def _conditioned_chunk(
+        self,
+        tower: MuDPTTextTower,
+        image_features: torch.Tensor,
+        shift: torch.Tensor,
+        image_index: torch.Tensor,
+        class_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """The similarities of the (image, class) rows `(image_index, class_index)` (see `_conditioned_similarities`);
+        everything it depends on is set here, so that a checkpoint's recomputation runs the same computation."""
+        count, total = len(self._class_names), None
+        for index, length in enumerate(self._template_lengths):
+            ids = self.class_input_ids[index * count + class_index, :length]
+            mask = self.class_attention_mask[index * count + class_index, :length]
+            with tower.conditioned(shift, image_index), tower.shared_prefix(self.share_text_prefix):
+                output = self.model.get_text_features(input_ids=ids, attention_mask=mask)
+            features = F.normalize(projected_features(output), dim=-1)
+            total = features if total is None else total + features
+        if len(self._template_lengths) > 1:
+            total = F.normalize(total / len(self._template_lengths), dim=-1)
+        return (image_features[image_index] * total.to(image_features.dtype)).sum(dim=-1)
 
     # ----------------------------------------------------------------------------------------------------------------
     # classification

@@ -236,6 +236,7 @@ class MuDPTTextTower(MuDPTTower):
         super().__init__(base_layer, spec)
         self.prompt_start = spec.text_prompt_start
         self._row_shift: torch.Tensor | None = None
+        self._row_image: torch.Tensor | None = None
         self._chunk_rows: int | None = None
         self._share_prefix = False
 
@@ -253,17 +254,21 @@ class MuDPTTextTower(MuDPTTower):
         return self.mudpt_fusion[adapter_name].shift(image_features)
 
     @contextlib.contextmanager
-    def conditioned(self, shift: torch.Tensor) -> Iterator[None]:
-        """Within the `with` block, add `shift[r]` `(rows, width)` to the layer-0 prompts of text row `r`.
+    def conditioned(self, shift: torch.Tensor, image_index: torch.Tensor | None = None) -> Iterator[None]:
+        """Within the `with` block, add a shift `(width,)` to the layer-0 prompts of each text row.
 
-        An image-conditioned adapter (CoCoOp) encodes text only inside such a block, with one row of `shift` per text
-        row: `shift[r]` is [`~MuDPTTextTower.image_shift`] of the image that row's class prompt is encoded for.
+        An image-conditioned adapter (CoCoOp) encodes text only inside such a block. Without `image_index`, `shift`
+        `(rows, width)` has one row per text row: `shift[r]` is [`~MuDPTTextTower.image_shift`] of the image that row's
+        class prompt is encoded for. With `image_index` `(rows,)`, `shift` `(images, width)` has one row per image and
+        text row `r` belongs to image `image_index[r]`: the rows of one image then share their prefix (BOS and the
+        shifted context) inside a [`~MuDPTTextTower.shared_prefix`] block, which encodes it once per image.
         """
-        previous, self._row_shift = self._row_shift, shift
+        previous = (self._row_shift, self._row_image)
+        self._row_shift, self._row_image = shift, image_index
         try:
             yield
         finally:
-            self._row_shift = previous
+            self._row_shift, self._row_image = previous
 
     @contextlib.contextmanager
     def chunked(self, rows: int | None) -> Iterator[None]:
@@ -297,10 +302,12 @@ class MuDPTTextTower(MuDPTTower):
         template words before the class name, so their hidden states are the same in every row: they are computed
         once, and each row's own tokens attend to the prefix's keys and values (see `mudpt_peft.shared_prefix`). The
         output and the gradients equal the unshared forward's up to floating-point summation order. Composes with
-        [`~MuDPTTextTower.chunked`]: the prefix is encoded once, outside the checkpointed chunks. Nothing is shared
-        for a bidirectional text tower, for image-conditioned prompts (CoCoOp: its layer-0 context differs per row),
-        or for inputs that need the full forward (position ids, requested hidden states or attentions, padding inside
-        the prefix); the unshared forward then runs. Off outside such a block.
+        [`~MuDPTTextTower.chunked`]: the prefix is encoded once, outside the checkpointed chunks. Image-conditioned
+        prompts (CoCoOp) share one prefix per image when [`~MuDPTTextTower.conditioned`] is given each row's image,
+        and nothing when it is given one shift per row. Nothing is shared for a bidirectional text tower or for inputs
+        that need the full forward (position ids, requested hidden states or attentions, padding inside the prefix);
+        the unshared forward then runs. Off outside such a block (`PromptClassifier` and `PromptTuningTrainer` turn
+        it on unless `share_text_prefix=False`).
         """
         if not isinstance(enabled, bool):
             raise ValueError(f"`enabled` must be a bool, got {enabled!r}.")
@@ -310,21 +317,31 @@ class MuDPTTextTower(MuDPTTower):
         finally:
             self._share_prefix = previous
 
-    def _shared_forward(self, prompts: torch.Tensor, inputs: dict[str, Any], length: int) -> Any:
-        """The tower on `inputs` with their common first `length` tokens encoded once (see `shared_prefix`)."""
+    def _shared_forward(
+        self, prompts: torch.Tensor, inputs: dict[str, Any], length: int, shift: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
+    ) -> Any:  # fmt: skip
+        """The tower on `inputs` with their common first `length` tokens encoded once (see `shared_prefix`): once for
+        all rows, or, with a per-image `shift` `(images, width)` and each row's `image_index`, once per image."""
         input_ids = inputs[self.spec.text_input_ids_arg]
         mask_arg = self.spec.text_attention_mask_arg
         attention_mask = inputs.get(mask_arg) if mask_arg is not None else None
-        with self.slot.filled(prompts, self.prompt_start):
-            embeddings = self.base_layer.embeddings(input_ids=input_ids[:1, :length])
+        groups, prefix_ids, prefix_shift = None, input_ids[:1, :length], None
+        if image_index is not None:
+            images, groups = torch.unique(image_index, return_inverse=True)
+            prefix_ids, prefix_shift = prefix_ids.expand(images.shape[0], -1), shift[images]
+        with self.slot.filled(prompts, self.prompt_start, prefix_shift):
+            embeddings = self.base_layer.embeddings(input_ids=prefix_ids)
         prefix = shared_prefix.encode_prefix(self.base_layer, embeddings, prompts, self.prompt_start)
         rows = input_ids.shape[0]
         if self._chunk_rows is not None and torch.is_grad_enabled() and rows > self._chunk_rows:
             outputs = shared_prefix.encode_rows_chunked(
-                self.base_layer, self.spec, input_ids, attention_mask, length, prefix, self._chunk_rows
+                self.base_layer, self.spec, input_ids, attention_mask, length, groups, prefix, self._chunk_rows
             )
             return _concat_rows(outputs)
-        return shared_prefix.encode_rows(self.base_layer, self.spec, input_ids, attention_mask, length, *prefix)
+        return shared_prefix.encode_rows(
+            self.base_layer, self.spec, input_ids, attention_mask, length, groups, *prefix
+        )
 
     def _chunked_forward(self, prompts: torch.Tensor, inputs: dict[str, Any], rows: int) -> Any:
         """The base tower on `inputs` (`rows` text rows), `self._chunk_rows` rows at a time (see `chunked`)."""
@@ -355,14 +372,8 @@ class MuDPTTextTower(MuDPTTower):
         )
         shift = None
         conditioned = self.conditions_on_image(adapter_name)
-        if self._share_prefix and not conditioned:
-            length = shared_prefix.shared_prefix_length(
-                self.base_layer, self.spec, inputs, prompts.shape[1], self.prompt_start, self.training
-            )
-            if length is not None:
-                return self._shared_forward(prompts, inputs, length)
         if conditioned:
-            shift = self._row_shift
+            shift, image_index = self._row_shift, self._row_image
             input_ids = inputs.get(self.spec.text_input_ids_arg)
             rows = input_ids.shape[0] if input_ids is not None else None
             if shift is None:
@@ -371,16 +382,41 @@ class MuDPTTextTower(MuDPTTower):
                     "features exist only for an image: classify with `mudpt_peft.PromptClassifier` (which encodes "
                     "the class prompts per image), or encode inside `text_tower.conditioned(shift)`."
                 )
-            if shift.dim() != 2 or shift.shape[0] != rows:
+            if image_index is None and (shift.dim() != 2 or shift.shape[0] != rows):
                 raise ValueError(
                     f"`conditioned(shift)` needs one shift per text row: shape ({rows}, width), got "
                     f"{tuple(shift.shape)}."
                 )
-        elif self._chunk_rows is not None and torch.is_grad_enabled():
-            input_ids = inputs.get(self.spec.text_input_ids_arg)
-            rows = input_ids.shape[0] if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 else 0
-            if rows > self._chunk_rows:
-                return self._chunked_forward(prompts, inputs, rows)
+            if image_index is not None and (
+                shift.dim() != 2 or image_index.dim() != 1 or image_index.shape[0] != rows
+                or image_index.dtype not in (torch.int32, torch.int64)
+                or (rows and (int(image_index.min()) < 0 or int(image_index.max()) >= shift.shape[0]))
+            ):  # fmt: skip
+                raise ValueError(
+                    f"`conditioned(shift, image_index)` needs a shift per image, shape (images, width), and an integer "
+                    f"image index in 0..images-1 per text row, shape ({rows},); got {tuple(shift.shape)} and "
+                    f"{tuple(image_index.shape)}."
+                )
+            if self._share_prefix and image_index is not None:
+                length = shared_prefix.shared_prefix_length(
+                    self.base_layer, self.spec, inputs, prompts.shape[1], self.prompt_start, self.training
+                )
+                if length is not None:
+                    return self._shared_forward(prompts, inputs, length, shift, image_index)
+            if image_index is not None:
+                shift = shift[image_index]
+        else:
+            if self._share_prefix:
+                length = shared_prefix.shared_prefix_length(
+                    self.base_layer, self.spec, inputs, prompts.shape[1], self.prompt_start, self.training
+                )
+                if length is not None:
+                    return self._shared_forward(prompts, inputs, length)
+            if self._chunk_rows is not None and torch.is_grad_enabled():
+                input_ids = inputs.get(self.spec.text_input_ids_arg)
+                rows = input_ids.shape[0] if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 else 0
+                if rows > self._chunk_rows:
+                    return self._chunked_forward(prompts, inputs, rows)
         with self.slot.filled(prompts, self.prompt_start, shift):
             return self.base_layer(**inputs)
 

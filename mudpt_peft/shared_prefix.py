@@ -7,8 +7,9 @@ tower attends only to earlier tokens, so the hidden states of that prefix are id
 computed here once, for one row; each row's own tokens (the class name, EOS, padding) then attend to the prefix's keys
 and values, concatenated before their own causal keys and values. The result equals the unshared forward up to
 floating-point summation order, forward and backward (the gradients of the prefix are the sum over rows, as in the
-unshared forward). Image-conditioned prompts (CoCoOp) shift the layer-0 context per row, so their prefixes differ:
-they are never shared here.
+unshared forward). Image-conditioned prompts (CoCoOp) shift the layer-0 context by a function of each image, so the
+prefix is shared by the rows of one image: one prefix is encoded per image (`groups`), and each row attends to its
+image's.
 """
 
 from __future__ import annotations
@@ -40,12 +41,15 @@ def shared_prefix_length(
     Sharing needs a causal text tower (`spec.text_causal`) with CLIP's module layout and an `"eager"` or `"sdpa"`
     attention, EOS pooling, prompts after a leading token run (`start` not `None`), no inputs beyond token ids and an
     attention mask (no position ids, no request for hidden states or attentions, no `return_dict=False`), at least
-    two rows, no padding inside the prefix and no attention dropout in training and no gradient checkpointing of the
-    layers. The prefix is the longest run of leading columns equal in every row (BOS, the context tokens, and any
+    two rows, no padding inside the prefix, no attention dropout in training, no gradient checkpointing of the layers,
+    and no forward hook on the tower, its encoder, layers or attention modules (their `forward` is not called). The
+    prefix is the longest run of leading columns equal in every row (BOS, the context tokens, and any
     template words before the class name: "a photo of a" in "a photo of a {}."), at most all but the last column; it
     must contain the prompts.
     """
     if not spec.text_causal or start is None or spec.text_pooling not in ("eos", "eos_id"):
+        return None
+    if torch.compiler.is_compiling():  # the prefix's length depends on the token values: keep one graph
         return None
     if not all(hasattr(text_tower, name) for name in ("embeddings", "encoder", "final_layer_norm")):
         return None
@@ -70,6 +74,9 @@ def shared_prefix_length(
         return None
     if training and any(getattr(layer, "gradient_checkpointing", False) for layer in layers):
         return None
+    wrapped = list(text_tower.encoder.layers)  # the deep-prompt wrappers (or the layers themselves)
+    if _hooked([text_tower, text_tower.encoder, *wrapped, *layers, *(layer.self_attn for layer in layers)]):
+        return None
     # the longest run of leading columns equal in every row and attended everywhere (BOS, the prompts' placeholder
     # ids, and any template words before the class name), leaving each row at least one token of its own
     common = (input_ids == input_ids[:1]).all(dim=0)
@@ -79,6 +86,17 @@ def shared_prefix_length(
     differing = (~common).nonzero()
     length = min(int(differing[0, 0]) if differing.numel() else tokens, tokens - 1)
     return length if length >= prompted else None
+
+
+def _hooked(modules: list[nn.Module]) -> bool:
+    """Whether a forward hook would see any of `modules`, whose `forward` the shared encoding does not call (it calls
+    their submodules): a hook of the caller's (accelerate's device placement, a feature probe) needs the tower's own
+    forward, so nothing is shared then."""
+    from torch.nn.modules import module as module_hooks
+
+    if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
+        return True
+    return any(module._forward_hooks or module._forward_pre_hooks for module in modules)
 
 
 def _project(attention: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -107,10 +125,11 @@ def _attend(
 def encode_prefix(
     text_tower: nn.Module, prefix_embeddings: torch.Tensor, prompts: torch.Tensor, start: int
 ) -> tuple[torch.Tensor, ...]:
-    """Run the prefix `(1, length, width)` (its layer-0 embeddings, prompts inserted) through the encoder.
+    """Run the prefixes `(prefixes, length, width)` (their layer-0 embeddings, prompts inserted) through the encoder:
+    one prefix shared by all rows, or one per image for image-conditioned prompts.
 
-    Returns the keys and values of every layer (`keys_0, values_0, keys_1, ...`, each `(1, heads, length,
-    head_dim)`) and, last, the prefix's final hidden states after the final layer norm `(1, length, width)`.
+    Returns the keys and values of every layer (`keys_0, values_0, keys_1, ...`, each `(prefixes, heads, length,
+    head_dim)`) and, last, the prefixes' final hidden states after the final layer norm `(prefixes, length, width)`.
     """
     hidden, cache = prefix_embeddings, []
     length = hidden.shape[1]
@@ -133,10 +152,12 @@ def encode_rows(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     length: int,
+    groups: torch.Tensor | None,
     *prefix: torch.Tensor,
 ) -> Any:
-    """The tower's output for the rows `input_ids` `(rows, tokens)` whose first `length` tokens are the shared prefix
-    encoded by [`encode_prefix`] (`prefix`): a `BaseModelOutputWithPooling` as the unshared forward returns it."""
+    """The tower's output for the rows `input_ids` `(rows, tokens)` whose first `length` tokens are a prefix encoded by
+    [`encode_prefix`] (`prefix`): a `BaseModelOutputWithPooling` as the unshared forward returns it. With `groups`
+    `(rows,)`, row `r` continues prefix `groups[r]`; without, every row continues the one prefix."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     rows, tokens = input_ids.shape
@@ -151,17 +172,25 @@ def encode_rows(
     for index, layer in enumerate(_layers(text_tower)):
         attention = layer.self_attn
         queries, keys, values = _project(attention, layer.layer_norm1(hidden))
-        prefix_keys, prefix_values = prefix[2 * index], prefix[2 * index + 1]
-        keys = torch.cat([prefix_keys.to(keys.dtype).expand(rows, -1, -1, -1), keys], dim=2)
-        values = torch.cat([prefix_values.to(values.dtype).expand(rows, -1, -1, -1), values], dim=2)
+        prefix_keys = _per_row(prefix[2 * index], groups, rows)
+        prefix_values = _per_row(prefix[2 * index + 1], groups, rows)
+        keys = torch.cat([prefix_keys.to(keys.dtype), keys], dim=2)
+        values = torch.cat([prefix_values.to(values.dtype), values], dim=2)
         attended = _attend(attention, queries, keys, values, mask)
         hidden = hidden + attention.out_proj(attended.transpose(1, 2).reshape(hidden.shape))
         hidden = hidden + layer.mlp(layer.layer_norm2(hidden))
-    final = prefix[-1].to(hidden.dtype).expand(rows, -1, -1)
+    final = _per_row(prefix[-1], groups, rows).to(hidden.dtype)
     last_hidden_state = torch.cat([final, text_tower.final_layer_norm(hidden)], dim=1)
     pooled = spec.text_pooling_index(text_tower, input_ids).to(last_hidden_state.device)
     pooler_output = last_hidden_state[torch.arange(rows, device=last_hidden_state.device), pooled]
     return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooler_output)
+
+
+def _per_row(prefix: torch.Tensor, groups: torch.Tensor | None, rows: int) -> torch.Tensor:
+    """`prefix` `(prefixes, ...)` for each of `rows` rows: the one prefix broadcast, or row `r`'s `groups[r]`."""
+    if groups is None:
+        return prefix.expand(rows, *prefix.shape[1:])
+    return prefix.index_select(0, groups)
 
 
 def encode_rows_chunked(
@@ -170,6 +199,7 @@ def encode_rows_chunked(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     length: int,
+    groups: torch.Tensor | None,
     prefix: tuple[torch.Tensor, ...],
     chunk_rows: int,
 ) -> list[Any]:
@@ -179,10 +209,10 @@ def encode_rows_chunked(
     for first in range(0, rows, chunk_rows):
         part_ids = input_ids[first : first + chunk_rows]
         part_mask = attention_mask[first : first + chunk_rows] if attention_mask is not None else None
+        part_groups = groups[first : first + chunk_rows] if groups is not None else None
+        arguments = (text_tower, spec, part_ids, part_mask, length, part_groups, *prefix)
         if first + chunk_rows >= rows:
-            outputs.append(encode_rows(text_tower, spec, part_ids, part_mask, length, *prefix))
+            outputs.append(encode_rows(*arguments))
         else:
-            outputs.append(
-                checkpoint(encode_rows, text_tower, spec, part_ids, part_mask, length, *prefix, use_reentrant=False)
-            )
+            outputs.append(checkpoint(encode_rows, *arguments, use_reentrant=False))
     return outputs

@@ -193,10 +193,11 @@ class PromptTuningTrainer(Trainer):
             recomputing each chunk's activations in the backward pass, so that the step's peak memory is bounded by
             one chunk rather than growing with the class count (see [`PromptClassifier`]); the gradients do not depend
             on it. For CoCoOp: the (image, class) prompts per text forward.
-        share_text_prefix (`bool`, defaults to `False`):
+        share_text_prefix (`bool`, defaults to `True`):
             Whether each training step encodes the prefix every class prompt shares (BOS, the context tokens, the
-            template's words before the class name) once instead of once per class, in a causal text tower (CLIP's);
-            see [`PromptClassifier`]. Exact up to floating-point summation order; composes with `class_chunk_size`.
+            template's words before the class name) once instead of once per class (per image for CoCoOp), in a
+            causal text tower (CLIP's); see [`PromptClassifier`]. Exact up to floating-point summation order; composes
+            with `class_chunk_size`. `False` runs the text tower's own forward on every class prompt.
         **kwargs:
             Any other `Trainer` argument (`callbacks`, `optimizers`, ...).
 
@@ -232,7 +233,7 @@ class PromptTuningTrainer(Trainer):
         compute_metrics: Callable[[EvalPrediction], dict] | None = None,
         objective: TrainingObjective | str | None = None,
         class_chunk_size: int = DEFAULT_CLASS_CHUNK_SIZE,
-        share_text_prefix: bool = False,
+        share_text_prefix: bool = True,
         **kwargs: Any,
     ) -> None:
         if not _is_peft_model(model):

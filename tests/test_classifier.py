@@ -258,7 +258,10 @@ def test_chunked_class_encoding_keeps_one_chunk_of_activations(tokenizer, pixel_
             total[0] += tensor.numel() * tensor.element_size()
             return tensor
 
-        classifier = PromptClassifier(model, tokenizer, MANY_CLASSES, class_chunk_size=chunk).train()
+        # the tower's own forward (the shared prefix, on by default, encodes without calling the encoder module)
+        classifier = PromptClassifier(
+            model, tokenizer, MANY_CLASSES, class_chunk_size=chunk, share_text_prefix=False
+        ).train()
         encoder_calls.clear()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             features = classifier.encode_classes()

@@ -70,12 +70,14 @@ def _batch(trainer, size: int = 4) -> dict[str, torch.Tensor]:
 
 
 def _prompted(model, trainer, batch):
-    """Prompted logits, normalised class and image features from the tuner's own forward (in training mode)."""
-    output = model(
-        input_ids=trainer.classifier.class_input_ids,
-        attention_mask=trainer.classifier.class_attention_mask,
-        pixel_values=batch["pixel_values"],
-    )
+    """Prompted logits, normalised class and image features from the tuner's own forward (in training mode), with the
+    text encoded as the trainer's training forward encodes it (its shared text prefix, its chunks)."""
+    with trainer.classifier.chunked_class_encoding():
+        output = model(
+            input_ids=trainer.classifier.class_input_ids,
+            attention_mask=trainer.classifier.class_attention_mask,
+            pixel_values=batch["pixel_values"],
+        )
     return output.logits_per_image, output.text_embeds, output.image_embeds
 
 

@@ -170,7 +170,7 @@ def test_bidirectional_tower_is_never_shared():
     assert calls == []
 
 
-def test_cocoop_is_not_shared():
+def test_cocoop_with_one_shift_per_row_is_not_shared():
     model = adapted("cocoop", torch.float64)
     tower = text_tower(model)
     inputs = text_inputs()
@@ -182,12 +182,79 @@ def test_cocoop_is_not_shared():
     assert calls == [] and torch.equal(shared.pooler_output, plain.pooler_output)
 
 
+@pytest.mark.parametrize("image_index", [[0, 0, 1, 1, 1], [2, 0, 2, 1, 0], [1, 1, 1, 1, 1]])
+def test_cocoop_shares_one_prefix_per_image(image_index):
+    model = adapted("cocoop", torch.float64)
+    tower = text_tower(model)
+    inputs = text_inputs()
+    shift = torch.randn(3, 32, dtype=torch.float64, requires_grad=True)
+    image_index = torch.tensor(image_index)
+    results = {}
+    for share in (False, True):
+        with counting_prefixes() as calls, tower.conditioned(shift, image_index), tower.shared_prefix(share):
+            output = model.base_model.model.text_model(**inputs)
+        assert len(calls) == share
+        weights = torch.linspace(-1, 1, output.pooler_output.numel(), dtype=torch.float64)
+        (output.pooler_output.flatten() @ weights).backward()
+        trainable = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[share] = output, shift.grad.clone(), trainable
+        model.zero_grad()
+        shift.grad = None
+    (plain, plain_shift, plain_grads), (shared, shared_shift, shared_grads) = results[False], results[True]
+    torch.testing.assert_close(shared.last_hidden_state, plain.last_hidden_state, **FP64)
+    torch.testing.assert_close(shared.pooler_output, plain.pooler_output, **FP64)
+    torch.testing.assert_close(shared_shift, plain_shift, **FP64)
+    assert shared_grads.keys() == plain_grads.keys() and plain_grads
+    for name in plain_grads:
+        torch.testing.assert_close(shared_grads[name], plain_grads[name], **FP64)
+
+
+def test_cocoop_image_index_is_checked():
+    model = adapted("cocoop", torch.float64)
+    tower = text_tower(model)
+    shift = torch.randn(2, 32, dtype=torch.float64)
+    for bad in (torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0, 1]), torch.tensor([0.0, 1, 0, 1, 0])):
+        with pytest.raises(ValueError, match="a shift per image"), tower.conditioned(shift, bad):
+            model.base_model.model.text_model(**text_inputs())
+
+
+@pytest.mark.parametrize("chunk", [4, 7, 100])
+def test_cocoop_classifier_shared_and_checkpointed_equals_one_forward(tokenizer, chunk):
+    """CoCoOp's training step: (image, class) rows in chunks that cross images, every chunk but the last recomputed
+    in the backward pass, the prefix once per image and chunk: the loss and every gradient of one unshared forward."""
+    model = adapted("cocoop", torch.float64)
+    pixels = make_inputs(batch=3)["pixel_values"].to(torch.float64)
+    labels = torch.tensor([0, 4, 2])
+    results = {}
+    for share, size in ((False, 100), (True, chunk), (False, chunk)):
+        classifier = PromptClassifier(
+            model, tokenizer, COLOR_CLASSES, class_chunk_size=size, share_text_prefix=share
+        ).train()
+        with counting_prefixes() as calls:
+            loss = classifier(pixel_values=pixels, labels=labels).loss
+            loss.backward()
+        chunks = -(-len(COLOR_CLASSES) * 3 // size)
+        # each chunk's prefixes are encoded in its forward and again in its recomputation, the last chunk's once
+        assert len(calls) == (2 * chunks - 1 if share else 0)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[share, size] = loss.detach(), grads
+        model.zero_grad()
+    reference_loss, reference = results[False, 100]
+    assert reference
+    for key in ((True, chunk), (False, chunk)):
+        loss, grads = results[key]
+        torch.testing.assert_close(loss, reference_loss, **FP64)
+        assert grads.keys() == reference.keys()
+        for name in reference:
+            torch.testing.assert_close(grads[name], reference[name], **FP64)
+
+
 def test_prompt_classifier_option(tokenizer):
     model = adapted("coop", n_ctx=4)
     with pytest.raises(ValueError, match="share_text_prefix"):
         PromptClassifier(model, tokenizer, COLOR_CLASSES, share_text_prefix=1)
-    plain = PromptClassifier(model, tokenizer, COLOR_CLASSES, template="{}.")
-    shared = PromptClassifier(model, tokenizer, COLOR_CLASSES, template="{}.", share_text_prefix=True)
+    plain = PromptClassifier(model, tokenizer, COLOR_CLASSES, template="{}.", share_text_prefix=False)
+    shared = PromptClassifier(model, tokenizer, COLOR_CLASSES, template="{}.")  # shared by default
     assert not plain.share_text_prefix and shared.share_text_prefix
     with counting_prefixes() as calls:
         expected = plain.train().encode_classes()
@@ -225,3 +292,22 @@ def test_template_words_before_the_class_name_join_the_prefix(attn):
     length = shared_prefix_module.shared_prefix_length(tower.base_layer, tower.spec, widened, 2, 1, False)
     assert length == widened["input_ids"].shape[1] - 1
     assert_same(model, same, outputs, grad_tolerance=grads)
+
+
+def test_a_forward_hook_on_a_bypassed_module_runs_the_towers_own_forward():
+    """The shared encoding calls the layers' submodules, not the layers: a hook there (a probe, accelerate's device
+    placement) must see its calls, so nothing is shared and the hook fires."""
+    model = adapted("mudpt", torch.float64)
+    tower = text_tower(model)
+    inputs = text_inputs()
+    with torch.no_grad(), tower.shared_prefix():
+        for module in (tower.base_layer.encoder.layers[2], tower.base_layer.encoder.layers[0].self_attn):
+            seen = []
+            handle = module.register_forward_hook(lambda *args, seen=seen: seen.append(1))
+            with counting_prefixes() as calls:
+                model.base_model.model.text_model(**inputs)
+            handle.remove()
+            assert calls == [] and seen == [1]
+        with counting_prefixes() as calls:  # no hook left: shared again
+            model.base_model.model.text_model(**inputs)
+        assert calls == [1]

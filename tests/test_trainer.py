@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import CLIPImageProcessor, TrainingArguments
 
 from mudpt_peft import PromptClassifier
+from mudpt_peft import shared_prefix as shared_prefix_module
 from mudpt_peft.data import ImageClassificationCollator
 from mudpt_peft.evaluation import evaluate
 from mudpt_peft.trainer import TRAINING_RECIPES, PromptTuningTrainer, default_training_arguments
@@ -403,15 +404,13 @@ def test_class_chunk_size_bounds_the_training_forward_at_equal_gradients(tokeniz
         step(class_chunk_size=0)
 
 
-def test_share_text_prefix_in_the_training_forward_at_equal_gradients(tokenizer, tmp_path):
-    """`share_text_prefix`: the training forward encodes the class prompts' common prefix once (the encoder module is
-    not called: the shared path runs the layers itself); loss and gradients are those of the unshared forward, also
-    with chunks."""
+def test_share_text_prefix_in_the_training_forward_at_equal_gradients(tokenizer, tmp_path, monkeypatch):
+    """`share_text_prefix` (the default): the training forward encodes the class prompts' common prefix once; loss and
+    gradients are those of the unshared forward (`share_text_prefix=False`), also with chunks."""
     data = color_dataset(6)
     model = peft_model()
-    encoder = model.base_model.model.text_model.base_layer.encoder
-    rows = []
-    encoder.register_forward_hook(lambda module, args, output: rows.append(output.last_hidden_state.shape[0]))
+    prefixes, original = [], shared_prefix_module.encode_prefix
+    monkeypatch.setattr(shared_prefix_module, "encode_prefix", lambda *a: prefixes.append(a[1].shape) or original(*a))
     batch = None
 
     def step(**options):
@@ -422,16 +421,17 @@ def test_share_text_prefix_in_the_training_forward_at_equal_gradients(tokenizer,
         batch = batch or trainer.data_collator([data[i] for i in range(6)])
         model.train()
         model.zero_grad(set_to_none=True)
-        rows.clear()
+        prefixes.clear()
         loss = trainer.compute_loss(model, batch)
         loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, list(rows)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return loss.detach(), grads, len(prefixes)
 
-    loss, expected, calls = step()
-    assert calls == [6]
-    for options in ({"share_text_prefix": True}, {"share_text_prefix": True, "class_chunk_size": 4}):
+    loss, expected, calls = step(share_text_prefix=False)
+    assert calls == 0
+    for options in ({}, {"share_text_prefix": True, "class_chunk_size": 4}):
         shared_loss, grads, calls = step(**options)
-        assert calls == []  # the text encoder module never ran: the prefix path did
+        assert calls == 1  # one prefix for all class prompts (outside the chunks)
         torch.testing.assert_close(shared_loss, loss, rtol=1e-5, atol=0)
         for name, grad in expected.items():
             torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-5 * grad.abs().max().item(), msg=name)
