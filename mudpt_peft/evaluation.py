@@ -95,9 +95,9 @@ def harmonic_mean(base_accuracy: float, new_accuracy: float) -> float:
 def evaluate(
     model: nn.Module,
     dataset: Any,
-    class_names: Sequence[str],
-    tokenizer: Any,
-    image_processor: Any,
+    class_names: Sequence[str] | None = None,
+    tokenizer: Any = None,
+    image_processor: Any = None,
     template: str | None = None,
     batch_size: int = 100,
     image_column: str = "image",
@@ -119,20 +119,26 @@ def evaluate(
     train/eval mode is restored afterwards. For cross-dataset evaluation, call this once per target dataset with that
     dataset's own class names.
 
+    **Several test sets with the same classes** (ImageNet and ImageNet-V2 / -Sketch, or a test set in parts): pass a
+    [`PromptClassifier`] as `model` (and no class names, tokenizer or templates: the classifier's are used). Its class
+    features are cached across the calls, so the class prompts are encoded once for all of them, not once per call;
+    the cache still checks, before each reuse, that nothing they depend on has changed.
+
     With a MuDPT adapter, the result is also recorded for the active adapter ([`record_eval_result`]), so that the
     model card written by `model.push_to_hub` / `save_pretrained` (and the `mudpt_peft.hub` helpers) lists it.
 
     Args:
-        model (`nn.Module`):
-            A CLIP-like model, wrapped by peft or not.
+        model (`nn.Module` or [`PromptClassifier`]):
+            A CLIP-like model, wrapped by peft or not; or a `PromptClassifier` around one, whose cached class features
+            are then reused.
         dataset (`datasets.Dataset`):
             Rows with an image and an integer label (indices into `class_names`).
         class_names (`Sequence[str]`):
-            The class names, in label order.
+            The class names, in label order (a classifier's own when `model` is a `PromptClassifier`).
         tokenizer:
-            The model's tokenizer.
+            The model's tokenizer (not with a `PromptClassifier`).
         image_processor:
-            The model's image processor.
+            The model's image processor (default for a `PromptClassifier`: its `image_processor`).
         template (`str`, *optional*):
             The class prompt; `{}` is replaced by the class name (exactly one `{}`, no other replacement field).
             Defaults to `"a photo of a {}."` unless `templates` is given.
@@ -166,9 +172,32 @@ def evaluate(
         `per_class_accuracy` (class name -> top-1 percent, `None` for a class without examples), `confusion_matrix`
         (`matrix[true][predicted]` counts, in label order) and, with `return_predictions=True`, `predictions`.
     """
-    for item in [template] if templates is None else templates:  # before any image is read
-        if item is not None:
-            check_template(item)
+    if isinstance(model, PromptClassifier):
+        classifier = model
+        given = [name for name, value in (("tokenizer", tokenizer), ("template", template), ("templates", templates))
+                 if value is not None]  # fmt: skip
+        if given:
+            raise ValueError(
+                f"`model` is a PromptClassifier, which has its own tokenizer and templates: do not pass "
+                f"{', '.join(f'`{name}`' for name in given)} (build a PromptClassifier with other ones instead)."
+            )
+        if class_names is not None and [str(name) for name in class_names] != classifier.class_names:
+            raise ValueError(
+                "`class_names` differ from the PromptClassifier's class names: leave `class_names` out to evaluate "
+                "with the classifier's classes, or evaluate a PromptClassifier built with these class names."
+            )
+        class_names = classifier.class_names
+        image_processor = classifier.image_processor if image_processor is None else image_processor
+        model = classifier.model
+    else:
+        classifier = None
+        if class_names is None or tokenizer is None:
+            raise ValueError("Pass the `class_names` and the `tokenizer` (or a PromptClassifier as `model`).")
+        for item in [template] if templates is None else templates:  # before any image is read
+            if item is not None:
+                check_template(item)
+    if image_processor is None:
+        raise ValueError("Pass the model's `image_processor`: it turns the dataset's images into pixel values.")
     check_image_classification_dataset(dataset, class_names, image_column, label_column)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
@@ -184,8 +213,12 @@ def evaluate(
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collator
     )
-    was_training = model.training
-    classifier = PromptClassifier(model, tokenizer, class_names, template=template, templates=templates).eval()
+    was_training, classifier_was_training = model.training, classifier is not None and classifier.training
+    if classifier is None:
+        classifier = PromptClassifier(model, tokenizer, class_names, template=template, templates=templates)
+    # the modes are set and restored with `nn.Module.train`: `PromptClassifier.train()` / `.eval()` would also drop the
+    # cached class features, which its cache check validates before every reuse anyway
+    nn.Module.train(classifier, False)
     parameter = first_float_parameter(model)
     all_logits, all_labels = [], []
     hide_bar = None if progress_bar is None else not progress_bar  # None: tqdm hides it when stderr is no terminal
@@ -195,6 +228,7 @@ def evaluate(
             all_logits.append(classifier(pixel_values=pixel_values).logits.float().cpu())
             all_labels.append(batch["labels"])
     finally:
+        nn.Module.train(classifier, classifier_was_training)
         model.train(was_training)
     logits, labels = torch.cat(all_logits), torch.cat(all_labels)
     metrics: dict[str, Any] = accuracy_metrics(logits, labels)

@@ -621,11 +621,12 @@ class _Session:
     def _one(self, run: PlannedRun, store: RunStore) -> None:
         done = set(store.done(run))
         todo = [d for d in run.datasets if d not in done]
+        classifiers: dict[tuple, Any] = {}  # one per class names and templates: targets that share them share it
         if run.zero_shot:
             model = self._base_model()
             for dataset in todo:
                 started = time.perf_counter()
-                metrics = self._evaluate_dataset(run, model, dataset)
+                metrics = self._evaluate_dataset(run, model, dataset, classifiers)
                 store.append(self._record(run, dataset, metrics, {"evaluate": time.perf_counter() - started}, {}))
             return
         adapter_dir = self._adapter_dir(run)
@@ -644,7 +645,7 @@ class _Session:
         train_seconds = time.perf_counter() - started
         for index, dataset in enumerate(todo):
             started = time.perf_counter()
-            metrics = self._evaluate_dataset(run, model, dataset)
+            metrics = self._evaluate_dataset(run, model, dataset, classifiers)
             first = "load" if info.get("adapter_reloaded") else "train"
             seconds = {first: train_seconds if index == 0 else 0.0, "evaluate": time.perf_counter() - started}
             store.append(self._record(run, dataset, metrics, seconds, info))
@@ -733,7 +734,13 @@ class _Session:
             "adapter_config": _json_safe(model.peft_config["default"].to_dict()),
         }
 
-    def _evaluate_dataset(self, run: PlannedRun, model: Any, dataset: str) -> dict[str, Any]:
+    def _evaluate_dataset(
+        self, run: PlannedRun, model: Any, dataset: str, classifiers: dict[tuple, Any]
+    ) -> dict[str, Any]:
+        """The accuracy of `model` on `dataset`'s test split (base and new halves with `subsample="base"`). The
+        `PromptClassifier`s of earlier targets are in `classifiers`: a target with the same class names and templates
+        (ImageNet-V2 and -Sketch after ImageNet) reuses its cached class features instead of encoding them again."""
+        from .classifier import PromptClassifier
         from .evaluation import evaluate, harmonic_mean
 
         spec = get_benchmark(dataset)
@@ -745,10 +752,14 @@ class _Session:
 
         def accuracy(split: Any) -> dict[str, Any]:
             names = list(split.features["label"].names)
-            kwargs = {"template": templates[0]} if len(templates) == 1 else {"templates": templates}
+            key = (tuple(names), tuple(templates))
+            if key not in classifiers:
+                classifiers[key] = PromptClassifier(
+                    model, self.tokenizer, names, templates=templates, image_processor=self.image_processor
+                )
             metrics = evaluate(
-                model, split, names, self.tokenizer, self.image_processor, batch_size=self.settings.batch_size,
-                dataset_name=dataset, split="test", shots=run.shots or None, seed=run.seed, **kwargs,
+                classifiers[key], split, batch_size=self.settings.batch_size, dataset_name=dataset, split="test",
+                shots=run.shots or None, seed=run.seed,
             )  # fmt: skip
             return {key: metrics[key] for key in ("accuracy", "top5_accuracy", "num_examples") if key in metrics}
 

@@ -319,3 +319,37 @@ def test_accuracy_metrics_and_harmonic_mean():
         harmonic_mean(-1.0, 2.0)
     with pytest.raises(ValueError, match=r"shape \(examples, classes\)"):
         accuracy_metrics(torch.zeros(3), torch.zeros(3))
+
+
+def test_evaluate_several_test_sets_with_one_classifier_encodes_the_classes_once(tokenizer):
+    """A PromptClassifier passed to `evaluate` keeps its class features across calls (ImageNet and its variants)."""
+    torch.manual_seed(0)
+    model = get_peft_model(make_clip(eos_token_id=TOKENIZER_EOS_ID), MuDPTConfig(depth=3))
+    randomize_adapter(model)
+    first, second = labelled([2, 2, 2, 2, 2]), labelled([1, 2, 1, 2, 1], seed=7)
+    expected = [evaluate(model, data, NAMES, tokenizer, image_processor(), batch_size=4) for data in (first, second)]
+    classifier = PromptClassifier(model, tokenizer, NAMES, image_processor=image_processor())
+    encodings = []
+    original = classifier._encode_classes
+    classifier._encode_classes = lambda: encodings.append(1) or original()
+    model.train()
+    got = [evaluate(classifier, data, batch_size=4) for data in (first, second)]
+    assert got == expected and len(encodings) == 1
+    assert model.training and classifier.training  # both modes restored
+    classifier.eval()  # (drops the cache, as `train()` / `eval()` do)
+    assert evaluate(classifier, first, NAMES, batch_size=4) == expected[0]  # the same names may be given
+    assert len(encodings) == 2 and not classifier.training
+    # a changed adapter is seen: the cache is checked before each reuse
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "prompt" in n and p.requires_grad).add_(0.5)
+    changed = evaluate(classifier, first, batch_size=4)
+    assert len(encodings) == 3
+    with pytest.raises(ValueError, match="differ from the PromptClassifier's class names"):
+        evaluate(classifier, first, NAMES[::-1])
+    with pytest.raises(ValueError, match="do not pass `tokenizer`, `template`"):
+        evaluate(classifier, first, tokenizer=tokenizer, template="a {}.")
+    with pytest.raises(ValueError, match="`image_processor`"):
+        evaluate(PromptClassifier(model, tokenizer, NAMES), first)
+    with pytest.raises(ValueError, match="Pass the `class_names` and the `tokenizer`"):
+        evaluate(model, first)
+    assert changed["num_examples"] == 10

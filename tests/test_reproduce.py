@@ -15,6 +15,7 @@ import pytest
 from mudpt_peft import MuDPTConfig
 from mudpt_peft import reproduce as reproduce_module
 from mudpt_peft.benchmark_datasets import BENCHMARKS
+from mudpt_peft.classifier import PromptClassifier
 from mudpt_peft.evaluation import harmonic_mean
 from mudpt_peft.methods import METHODS
 from mudpt_peft.protocols import ELEVEN_DATASETS, PROTOCOLS, RECIPES, recipe_for, training_steps
@@ -212,7 +213,9 @@ def test_zero_shot_alone_with_coop_s_prompt_ensemble(bench, tmp_path, trainings)
     assert "| zero-shot-ensemble | " in (output / "fewshot.md").read_text()
 
 
-def test_cross_dataset_then_domain_generalization_evaluates_the_same_imagenet_adapter(bench, tmp_path, trainings):
+def test_cross_dataset_then_domain_generalization_evaluates_the_same_imagenet_adapter(
+    bench, tmp_path, trainings, monkeypatch
+):
     output = tmp_path / "out"
     assert main(_args(bench, output, "cross_dataset", "--datasets", "eurosat", "fgvc_aircraft", "--methods", "mudpt",
                       "--seeds", "1", "--zero-shot")) == 0  # fmt: skip
@@ -230,11 +233,14 @@ def test_cross_dataset_then_domain_generalization_evaluates_the_same_imagenet_ad
     assert mudpt[0]["seconds"]["train"] > 0 and mudpt[1]["seconds"]["train"] == 0
     header = "| method | ImageNet (source) | FGVCAircraft | EuroSAT | Average |"
     assert header in (output / "cross_dataset.md").read_text()
-    # domain generalisation: the cross-dataset recipe, so the adapter is evaluated, not trained again
+    # domain generalisation: the cross-dataset recipe, so the adapter is evaluated, not trained again; ImageNet-V2 has
+    # ImageNet's classes, so their class prompts are encoded once for both (ImageNet-A's subset once more)
     trainings["count"] = 0
+    encodings, original = [], PromptClassifier._encode_classes
+    monkeypatch.setattr(PromptClassifier, "_encode_classes", lambda self: encodings.append(1) or original(self))
     assert main(_args(bench, output, "domain_generalization", "--datasets", "imagenetv2", "imagenet_a", "--methods",
                       "mudpt", "--seeds", "1")) == 0  # fmt: skip
-    assert trainings["count"] == 0
+    assert trainings["count"] == 0 and len(encodings) == 2
     generalisation = [r for r in _records(output) if r["protocol"] == "domain_generalization"]
     assert [(r["dataset"], r["role"], r["adapter_reloaded"]) for r in generalisation] == [
         ("imagenet", "source", True), ("imagenetv2", "target", True), ("imagenet_a", "target", True)
