@@ -19,17 +19,19 @@ Sections (`--sections`, default all):
 - `profile`: where the time of a mudpt step goes (torch.profiler), and the machinery's costs in isolation.
 - `compile` (only when asked for): a mudpt step with both towers `torch.compile`d (inductor) vs eager, batch 4.
 - `imagenet` (only when asked for): ImageNet scale, 1,000 classes (`--imagenet_classes`): peak memory and step time
-  of coop, maple and mudpt (their `MuDPTConfig.for_method` presets) with the class prompts encoded in checkpointed
-  chunks (`PromptClassifier(class_chunk_size=...)`, `--imagenet_chunks`, default `all,256`) and in one forward ("all"),
-  against the frozen-backbone limit; and cocoop (its per-image chunked encoding, unchanged) at
-  `--cocoop_batch_sizes`. Slow on a CPU: a 1,000-class step takes 40-90 s on one thread.
+  of the `--imagenet_methods` presets (`MuDPTConfig.for_method`; default coop, cocoop, maple, mudpt) per
+  `--imagenet_cases`: `all` (every text row in one forward, no shared prefix: the library before chunking, the
+  reference of the time ratios), a chunk size (`PromptClassifier(class_chunk_size=...)`, checkpointed chunks), and
+  `+prefix` for the shared text prefix (`share_text_prefix=True`, the default); default `all,256+prefix`. Each method
+  against the frozen-backbone limit with its own prompt count. CoCoOp's `all` is one forward of `batch x classes` rows.
+  Slow on a CPU: a 1,000-class step takes 40-150 s on one thread.
 
     python benchmarks/perf_training.py                  # everything, 1 thread, fp32 (about 40 minutes on 1 core)
     python benchmarks/perf_training.py --quick          # batch 4 only, fewer repetitions (about 5 minutes)
     python benchmarks/perf_training.py --sections ratio,memory --dtype bf16
     python benchmarks/perf_training.py --sections imagenet --imagenet_batch_sizes 4 --imagenet_reps 2
-    python benchmarks/perf_training.py --sections imagenet --imagenet_methods mudpt --imagenet_chunks 128,512 \
-        --no_imagenet_limit --cocoop_batch_sizes ""   # the chunk size's trade-off
+    python benchmarks/perf_training.py --sections imagenet --imagenet_methods mudpt --imagenet_cases 128,512 \
+        --no_imagenet_limit   # the chunk size's trade-off
 """
 
 from __future__ import annotations
@@ -76,16 +78,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=None, help="repetitions at batch 4 (default 11; quick: 5)")
     parser.add_argument("--large_reps", type=int, default=5, help="repetitions at batch >= 32 or 1000 classes")
     parser.add_argument("--imagenet_classes", type=int, default=1000, help="classes of the imagenet section")
-    parser.add_argument("--imagenet_methods", default="coop,maple,mudpt", help="presets of the imagenet section")
+    parser.add_argument("--imagenet_methods", default="coop,cocoop,maple,mudpt", help="presets, imagenet section")
     parser.add_argument("--imagenet_batch_sizes", default="4,32", help="batch sizes of the imagenet section")
     parser.add_argument(
-        "--imagenet_chunks",
-        default=f"all,{DEFAULT_CLASS_CHUNK_SIZE}",
-        help="class_chunk_size values of the imagenet section ('all': one forward, the reference of the time ratios)",
+        "--imagenet_cases",
+        default=f"all,{DEFAULT_CLASS_CHUNK_SIZE}+prefix",
+        help="imagenet section: 'all' (one forward, the reference of the time ratios) or a class_chunk_size, "
+        "'+prefix' for the shared text prefix",
     )
+    parser.add_argument(
+        "--share_text_prefix", action="store_true",
+        help="the mudpt step of the other sections with the shared text prefix (the library's default; without this "
+        "flag they measure the tower's own forward, against which the limit is defined)",
+    )  # fmt: skip
     parser.add_argument("--no_imagenet_limit", action="store_true", help="imagenet section without the limit rows")
     parser.add_argument("--imagenet_reps", type=int, default=2, help="timed steps per case of the imagenet section")
-    parser.add_argument("--cocoop_batch_sizes", default="1", help="cocoop batch sizes, imagenet section ('': none)")
     args = parser.parse_args()
     if args.quick:
         args.batch_sizes, args.scaling_classes, args.scaling_depths = "4", "10,100", "1,9"
@@ -121,7 +128,10 @@ class Setup:
         model = common.mudpt(self.plain, depth=depth, n_ctx=self.args.n_ctx)
         if checkpointing:
             enable_checkpointing(model.get_base_model())
-        classifier = PromptClassifier(model, self.tokenizer, self.names[:classes], template=TEMPLATE).train()
+        share = self.args.share_text_prefix
+        classifier = PromptClassifier(
+            model, self.tokenizer, self.names[:classes], template=TEMPLATE, share_text_prefix=share
+        ).train()
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(parameters, lr=0.0025, momentum=0.9, weight_decay=5e-4)
         pixel_values, labels = self.batch(batch, classes)
@@ -135,13 +145,16 @@ class Setup:
 
         return step, model, optimizer, (pixel_values, labels)
 
-    def method_step(self, method: str, batch: int, classes: int, chunk: int):
+    def method_step(self, method: str, batch: int, classes: int, chunk: int, share: bool = False):
         """`(step, persistent)`: one training step of a method's preset through `PromptClassifier` with
-        `class_chunk_size=chunk` (SGD as in `mudpt_step`); `persistent`: what is live between steps."""
+        `class_chunk_size=chunk` and `share_text_prefix=share` (SGD as in `mudpt_step`); `persistent`: what is live
+        between steps."""
         torch.manual_seed(0)
         model = get_peft_model(copy.deepcopy(self.plain), MuDPTConfig.for_method(method))
         names = self.names[:classes]
-        classifier = PromptClassifier(model, self.tokenizer, names, template=TEMPLATE, class_chunk_size=chunk).train()
+        classifier = PromptClassifier(
+            model, self.tokenizer, names, template=TEMPLATE, class_chunk_size=chunk, share_text_prefix=share
+        ).train()
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(parameters, lr=0.0025, momentum=0.9, weight_decay=5e-4)
         pixel_values, labels = self.batch(batch, classes)
@@ -155,9 +168,10 @@ class Setup:
 
         return step, [model, optimizer, pixel_values, labels, classifier.class_input_ids]
 
-    def limit_step(self, batch: int, classes: int):
-        """`(step, inputs)`: the frozen-backbone limit (see the module docstring) on the plain model."""
-        n_ctx, plain = self.args.n_ctx, self.plain
+    def limit_step(self, batch: int, classes: int, n_ctx: int | None = None):
+        """`(step, inputs)`: the frozen-backbone limit (see the module docstring) on the plain model, with `n_ctx`
+        prompt tokens (default `--n_ctx`)."""
+        n_ctx, plain = self.args.n_ctx if n_ctx is None else n_ctx, self.plain
         tokens = self.tokenizer(
             [TEMPLATE.format(n) for n in self.names[:classes]], padding="longest", return_tensors="pt"
         )
@@ -449,55 +463,56 @@ IMAGENET_HEADER = [
 ]
 
 
+def imagenet_case(case: str, method: str, batch: int, classes: int) -> tuple[int, bool]:
+    """`(class_chunk_size, share_text_prefix)` of an `--imagenet_cases` entry: `all` (one forward of every text row,
+    the reference of the time ratios) or a chunk size, `+prefix` for the shared text prefix."""
+    chunk, _, extra = case.partition("+")
+    if extra not in ("", "prefix"):
+        raise SystemExit(f"--imagenet_cases: expected 'all' or a chunk size, optionally '+prefix'; got {case!r}")
+    rows = batch * classes if method == "cocoop" else classes  # CoCoOp encodes every class for every image
+    return (rows if chunk == "all" else int(chunk)), extra == "prefix"
+
+
 def section_imagenet(setup: Setup) -> str:
-    """Peak memory and step time at ImageNet scale, the class prompts in checkpointed chunks and in one forward."""
+    """Peak memory and step time at ImageNet scale: the class prompts in one forward, in checkpointed chunks, with
+    and without the shared text prefix, against the frozen-backbone limit with the method's prompt count."""
     args, rows = setup.args, []
     classes = args.imagenet_classes
-    reference = None
     for batch in map(int, args.imagenet_batch_sizes.split(",")):
-        if not args.no_imagenet_limit:
-            limit, inputs = setup.limit_step(batch, classes)
-            limit()
-            reference = common.peak_memory(limit, [setup.plain, inputs])
-            timings = common.alternate({"limit": limit}, reps=args.imagenet_reps, warmup=0)
-            tokens = inputs[0].shape[1]
-            rows.append(["limit", batch, classes, "–", tokens, f"**{common.mib(reference['peak'])}**",
-                         common.mib(reference["transient"]), "1", common.seconds(timings.clock(CLOCK)["limit"]), "–",
-                         args.imagenet_reps])  # fmt: skip
-            print(common.table(IMAGENET_HEADER, rows[-1:]), flush=True)
-            del limit, inputs
         for method in args.imagenet_methods.split(","):
+            n_ctx = MuDPTConfig.for_method(method).n_ctx
+            reference = None
+            if not args.no_imagenet_limit:
+                limit, inputs = setup.limit_step(batch, classes, n_ctx)
+                limit()
+                reference = common.peak_memory(limit, [setup.plain, inputs])
+                timings = common.alternate({"limit": limit}, reps=args.imagenet_reps, warmup=0)
+                rows.append([f"limit (n_ctx {n_ctx})", batch, classes, "–", inputs[0].shape[1],
+                             f"**{common.mib(reference['peak'])}**", common.mib(reference["transient"]), "1",
+                             common.seconds(timings.clock(CLOCK)["limit"]), "–", args.imagenet_reps])  # fmt: skip
+                print(common.table(IMAGENET_HEADER, rows[-1:]), flush=True)
+                del limit, inputs
+                gc.collect()
             cases, memory = {}, {}
-            for chunk in args.imagenet_chunks.split(","):
-                step, persistent = setup.method_step(method, batch, classes, classes if chunk == "all" else int(chunk))
+            for case in args.imagenet_cases.split(","):
+                chunk, share = imagenet_case(case, method, batch, classes)
+                step, persistent = setup.method_step(method, batch, classes, chunk, share)
                 step()  # the optimizer's momentum buffers exist from the first step on
-                memory[chunk] = common.peak_memory(step, persistent)
-                cases[chunk] = step
-                tokens = persistent[-1].shape[1] + MuDPTConfig.for_method(method).n_ctx
+                memory[case] = common.peak_memory(step, persistent)
+                cases[case] = step
+                tokens = persistent[-1].shape[1] + n_ctx
             timings = common.alternate(cases, reps=args.imagenet_reps, warmup=0)
-            for chunk in cases:
-                ratio = "1" if chunk == "all" else "–"
-                if chunk != "all" and "all" in cases:
-                    ratio = common.spread(timings.ratios(chunk, "all", CLOCK))
-                to_limit = "–" if reference is None else f"{memory[chunk]['peak'] / reference['peak']:.3f}"
-                rows.append([method, batch, classes, chunk, tokens, f"**{common.mib(memory[chunk]['peak'])}**",
-                             common.mib(memory[chunk]["transient"]), to_limit,
-                             common.seconds(timings.clock(CLOCK)[chunk]), ratio, args.imagenet_reps])  # fmt: skip
+            for case in cases:
+                ratio = "1" if case == "all" else "–"
+                if case != "all" and "all" in cases:
+                    ratio = common.spread(timings.ratios(case, "all", CLOCK))
+                to_limit = "–" if reference is None else f"{memory[case]['peak'] / reference['peak']:.3f}"
+                rows.append([method, batch, classes, case, tokens, f"**{common.mib(memory[case]['peak'])}**",
+                             common.mib(memory[case]["transient"]), to_limit,
+                             common.seconds(timings.clock(CLOCK)[case]), ratio, args.imagenet_reps])  # fmt: skip
                 print(common.table(IMAGENET_HEADER, rows[-1:]), flush=True)
             del cases, step, persistent
             gc.collect()
-    for batch in [int(b) for b in args.cocoop_batch_sizes.split(",") if b]:
-        chunk = next((int(c) for c in args.imagenet_chunks.split(",") if c != "all"), DEFAULT_CLASS_CHUNK_SIZE)
-        step, persistent = setup.method_step("cocoop", batch, classes, chunk)
-        step()
-        memory = common.peak_memory(step, persistent)
-        timings = common.alternate({"cocoop": step}, reps=args.imagenet_reps, warmup=0)
-        tokens = persistent[-1].shape[1] + MuDPTConfig.for_method("cocoop").n_ctx
-        rows.append([f"cocoop ({batch} x {classes} rows, chunks kept)", batch, classes, chunk, tokens,
-                     f"**{common.mib(memory['peak'])}**", common.mib(memory["transient"]), "–",
-                     common.seconds(timings.clock(CLOCK)["cocoop"]), "–", args.imagenet_reps])  # fmt: skip
-        print(common.table(IMAGENET_HEADER, rows[-1:]), flush=True)
-        del step, persistent
     return common.table(IMAGENET_HEADER, rows)
 
 

@@ -113,17 +113,18 @@ def test_perf_cocoop_prints_the_peak_memory_table():
 
 
 def test_perf_training_imagenet_section_prints_chunked_and_unchunked_rows():
-    arguments = ("--sections", "imagenet", "--shape", "smoke", "--imagenet_classes", "30", "--imagenet_chunks", "all,8")
+    arguments = ("--sections", "imagenet", "--shape", "smoke", "--imagenet_classes", "30", "--imagenet_cases",
+                 "all,8,8+prefix")  # fmt: skip
     output = run_script("perf_training.py", *arguments, "--imagenet_batch_sizes", "2", "--imagenet_reps", "2")
     table = section(output.rsplit("# Summary", 1)[1], "## imagenet\n")
-    (limit,) = table_rows(table, "limit")
-    assert re.fullmatch(r"\*\*[\d,]+ MiB\*\*", limit[5]), limit
-    for method in ("coop", "maple", "mudpt"):
+    limits = [row for n in (16, 4, 2) for row in table_rows(table, f"limit (n_ctx {n})")]
+    assert [row[0] for row in limits] == [f"limit (n_ctx {n})" for n in (16, 4, 2, 2)]
+    assert all(re.fullmatch(r"\*\*[\d,]+ MiB\*\*", limit[5]) for limit in limits), limits
+    for method in ("coop", "cocoop", "maple", "mudpt"):
         rows = table_rows(table, method)
-        assert [(row[1], row[2], row[3]) for row in rows] == [("2", "30", "all"), ("2", "30", "8")], rows
+        assert [(row[1], row[2], row[3]) for row in rows] == [("2", "30", c) for c in ("all", "8", "8+prefix")], rows
         assert all(re.fullmatch(r"\*\*[\d,]+ MiB\*\*", row[5]) and re.fullmatch(r"\d+\.\d{3}", row[7]) for row in rows)
-        assert re.fullmatch(RATIO, rows[1][9]), rows  # chunked time / one forward
-    assert "cocoop (1 x 30 rows" in table
+        assert all(re.fullmatch(RATIO, row[9]) for row in rows[1:]), rows  # chunked time / one forward
 
 
 def test_perf_evaluation_prints_the_throughput_ratio():
