@@ -370,7 +370,7 @@ class MuDPTTextTower(MuDPTTower):
         inputs = self.spec.widen_text_inputs(
             self.base_layer, prompts.shape[1], named_arguments(self.base_layer, args, kwargs)
         )
-        shift = None
+        shift = image_index = None
         conditioned = self.conditions_on_image(adapter_name)
         if conditioned:
             shift, image_index = self._row_shift, self._row_image
@@ -397,26 +397,20 @@ class MuDPTTextTower(MuDPTTower):
                     f"image index in 0..images-1 per text row, shape ({rows},); got {tuple(shift.shape)} and "
                     f"{tuple(image_index.shape)}."
                 )
-            if self._share_prefix and image_index is not None:
-                length = shared_prefix.shared_prefix_length(
-                    self.base_layer, self.spec, inputs, prompts.shape[1], self.prompt_start, self.training
-                )
-                if length is not None:
-                    return self._shared_forward(prompts, inputs, length, shift, image_index)
-            if image_index is not None:
-                shift = shift[image_index]
-        else:
-            if self._share_prefix:
-                length = shared_prefix.shared_prefix_length(
-                    self.base_layer, self.spec, inputs, prompts.shape[1], self.prompt_start, self.training
-                )
-                if length is not None:
-                    return self._shared_forward(prompts, inputs, length)
-            if self._chunk_rows is not None and torch.is_grad_enabled():
-                input_ids = inputs.get(self.spec.text_input_ids_arg)
-                rows = input_ids.shape[0] if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 else 0
-                if rows > self._chunk_rows:
-                    return self._chunked_forward(prompts, inputs, rows)
+        # the shared prefix: one for all rows, or one per image (CoCoOp, given each row's image; not one shift per row)
+        if self._share_prefix and (not conditioned or image_index is not None):
+            length = shared_prefix.shared_prefix_length(
+                self.base_layer, self.spec, inputs, prompts.shape[1], self.prompt_start, self.training
+            )
+            if length is not None:
+                return self._shared_forward(prompts, inputs, length, shift, image_index)
+        if image_index is not None:
+            shift = shift[image_index]
+        elif not conditioned and self._chunk_rows is not None and torch.is_grad_enabled():
+            input_ids = inputs.get(self.spec.text_input_ids_arg)
+            rows = input_ids.shape[0] if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 else 0
+            if rows > self._chunk_rows:
+                return self._chunked_forward(prompts, inputs, rows)
         with self.slot.filled(prompts, self.prompt_start, shift):
             return self.base_layer(**inputs)
 

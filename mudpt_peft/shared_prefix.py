@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as module_hooks
 from torch.utils.checkpoint import checkpoint
 
 from ._utils import replace_tokens
@@ -92,8 +93,6 @@ def _hooked(modules: list[nn.Module]) -> bool:
     """Whether a forward hook would see any of `modules`, whose `forward` the shared encoding does not call (it calls
     their submodules): a hook of the caller's (accelerate's device placement, a feature probe) needs the tower's own
     forward, so nothing is shared then."""
-    from torch.nn.modules import module as module_hooks
-
     if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
         return True
     return any(module._forward_hooks or module._forward_pre_hooks for module in modules)

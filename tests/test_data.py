@@ -344,6 +344,18 @@ def test_evaluate_several_test_sets_with_one_classifier_encodes_the_classes_once
         next(p for n, p in model.named_parameters() if "prompt" in n and p.requires_grad).add_(0.5)
     changed = evaluate(classifier, first, batch_size=4)
     assert len(encodings) == 3
+    # a fused optimizer step (no version bump) and a write through `.data` are seen too, and give fresh results
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.grad = torch.full_like(p, 0.1)
+    torch.optim.AdamW(trainable, lr=0.5, fused=True).step()
+    stepped = evaluate(classifier, first, batch_size=4)
+    assert len(encodings) == 4
+    assert stepped == evaluate(model, first, NAMES, tokenizer, image_processor(), batch_size=4)
+    next(p for n, p in model.named_parameters() if "prompt" in n and p.requires_grad).data.mul_(-2.0)
+    written = evaluate(classifier, first, batch_size=4)
+    assert len(encodings) == 5
+    assert written == evaluate(model, first, NAMES, tokenizer, image_processor(), batch_size=4)
     with pytest.raises(ValueError, match="differ from the PromptClassifier's class names"):
         evaluate(classifier, first, NAMES[::-1])
     with pytest.raises(ValueError, match="do not pass `tokenizer`, `template`"):
