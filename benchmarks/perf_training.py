@@ -22,7 +22,9 @@ Sections (`--sections`, default all):
   of the `--imagenet_methods` presets (`MuDPTConfig.for_method`; default coop, cocoop, maple, mudpt) per
   `--imagenet_cases`: `all` (every text row in one forward, no shared prefix: the library before chunking, the
   reference of the time ratios), a chunk size (`PromptClassifier(class_chunk_size=...)`, checkpointed chunks), and
-  `+prefix` for the shared text prefix (`share_text_prefix=True`, the default); default `all,256+prefix`. Each method
+  `+prefix` for the shared text prefix (`share_text_prefix=True`, the default), `+vgc` for gradient checkpointing of
+  the vision tower's layers only (the text side is already bounded by the chunks; checkpointing its layers too would
+  turn the shared prefix off); default `all,256+prefix`. Each method
   against the frozen-backbone limit with its own prompt count. CoCoOp's `all` is one forward of `batch x classes` rows.
   Slow on a CPU: a 1,000-class step takes 40-150 s on one thread.
 
@@ -84,7 +86,7 @@ def parse_args() -> argparse.Namespace:
         "--imagenet_cases",
         default=f"all,{DEFAULT_CLASS_CHUNK_SIZE}+prefix",
         help="imagenet section: 'all' (one forward, the reference of the time ratios) or a class_chunk_size, "
-        "'+prefix' for the shared text prefix",
+        "'+prefix' for the shared text prefix, '+vgc' for gradient checkpointing of the vision layers",
     )
     parser.add_argument(
         "--share_text_prefix", action="store_true",
@@ -145,12 +147,19 @@ class Setup:
 
         return step, model, optimizer, (pixel_values, labels)
 
-    def method_step(self, method: str, batch: int, classes: int, chunk: int, share: bool = False):
+    def method_step(
+        self, method: str, batch: int, classes: int, chunk: int, share: bool = False, vision_checkpointing: bool = False
+    ):
         """`(step, persistent)`: one training step of a method's preset through `PromptClassifier` with
-        `class_chunk_size=chunk` and `share_text_prefix=share` (SGD as in `mudpt_step`); `persistent`: what is live
-        between steps."""
+        `class_chunk_size=chunk` and `share_text_prefix=share` (SGD as in `mudpt_step`), the vision tower's layers
+        checkpointed if `vision_checkpointing`; `persistent`: what is live between steps."""
         torch.manual_seed(0)
         model = get_peft_model(copy.deepcopy(self.plain), MuDPTConfig.for_method(method))
+        if vision_checkpointing:
+            enable_checkpointing(model)
+            for module in model.base_model.model.text_model.modules():  # the text side: bounded by the chunks
+                if hasattr(module, "gradient_checkpointing"):
+                    module.gradient_checkpointing = False
         names = self.names[:classes]
         classifier = PromptClassifier(
             model, self.tokenizer, names, template=TEMPLATE, class_chunk_size=chunk, share_text_prefix=share
@@ -463,14 +472,17 @@ IMAGENET_HEADER = [
 ]
 
 
-def imagenet_case(case: str, method: str, batch: int, classes: int) -> tuple[int, bool]:
-    """`(class_chunk_size, share_text_prefix)` of an `--imagenet_cases` entry: `all` (one forward of every text row,
-    the reference of the time ratios) or a chunk size, `+prefix` for the shared text prefix."""
-    chunk, _, extra = case.partition("+")
-    if extra not in ("", "prefix"):
-        raise SystemExit(f"--imagenet_cases: expected 'all' or a chunk size, optionally '+prefix'; got {case!r}")
+def imagenet_case(case: str, method: str, batch: int, classes: int) -> tuple[int, bool, bool]:
+    """`(class_chunk_size, share_text_prefix, vision_checkpointing)` of an `--imagenet_cases` entry: `all` (one
+    forward of every text row, the reference of the time ratios) or a chunk size, `+prefix` for the shared text prefix,
+    `+vgc` for gradient checkpointing of the vision layers."""
+    chunk, *extras = case.split("+")
+    if not set(extras) <= {"prefix", "vgc"} or not (chunk == "all" or chunk.isdigit()):
+        raise SystemExit(
+            f"--imagenet_cases: expected 'all' or a chunk size, optionally '+prefix' and '+vgc'; got {case!r}"
+        )
     rows = batch * classes if method == "cocoop" else classes  # CoCoOp encodes every class for every image
-    return (rows if chunk == "all" else int(chunk)), extra == "prefix"
+    return (rows if chunk == "all" else int(chunk)), "prefix" in extras, "vgc" in extras
 
 
 def section_imagenet(setup: Setup) -> str:
@@ -495,8 +507,8 @@ def section_imagenet(setup: Setup) -> str:
                 gc.collect()
             cases, memory = {}, {}
             for case in args.imagenet_cases.split(","):
-                chunk, share = imagenet_case(case, method, batch, classes)
-                step, persistent = setup.method_step(method, batch, classes, chunk, share)
+                chunk, share, vision_checkpointing = imagenet_case(case, method, batch, classes)
+                step, persistent = setup.method_step(method, batch, classes, chunk, share, vision_checkpointing)
                 step()  # the optimizer's momentum buffers exist from the first step on
                 memory[case] = common.peak_memory(step, persistent)
                 cases[case] = step
